@@ -1,0 +1,361 @@
+"""WebDataset shards: atomic writing, streaming reading with an explicit bad-sample policy.
+
+A shard is `{prefix}-{000000}.tar`. The writer streams members into a hidden temporary file beside it
+and renames it to the final name only once it is complete, so a killed job never leaves a half shard
+under a final name; a writer restarted on the same folder deletes stale temporaries and numbers its new
+shards after the existing complete ones.
+
+Paths are local paths or any URI that `pyarrow.fs` understands (s3://, gs://, file://).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import tarfile
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from data_engine.sample import Sample, SampleError, decode, encode
+
+BadSamplePolicy = Literal["raise", "skip"]
+_SHARD_RE = re.compile(r"^(?P<prefix>.+)-(?P<num>\d{6})\.tar$")
+_TMP_MARK = ".tmp-"
+
+
+# ------------------------------------------------------------------------------------------- file systems
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def _local(path: str) -> str:
+    return path[len("file://") :] if path.startswith("file://") else path
+
+
+def _fs(path: str):
+    """(pyarrow FileSystem, path inside it) for a URI."""
+    from pyarrow import fs
+
+    return fs.FileSystem.from_uri(path)
+
+
+def open_input(path: str):
+    """A binary stream for reading a local path or a pyarrow.fs URI."""
+    if _is_uri(path):
+        filesystem, inner = _fs(path)
+        return filesystem.open_input_stream(inner)
+    return open(_local(path), "rb")
+
+
+def expand(patterns: str | Iterable[str]) -> list[str]:
+    """Expand shard paths: files, folders (every *.tar inside, sorted), and glob patterns; URIs included.
+
+    Raises FileNotFoundError naming a pattern that matches nothing.
+    """
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    out: list[str] = []
+    for pattern in patterns:
+        if _is_uri(pattern):
+            out.extend(_expand_uri(pattern))
+            continue
+        pattern = _local(pattern)
+        if os.path.isdir(pattern):
+            matches = sorted(glob.glob(os.path.join(pattern, "**", "*.tar"), recursive=True))
+        elif any(ch in pattern for ch in "*?["):
+            matches = sorted(glob.glob(pattern, recursive=True))
+        else:
+            matches = [pattern] if os.path.exists(pattern) else []
+        matches = [m for m in matches if _TMP_MARK not in os.path.basename(m)]
+        if not matches:
+            raise FileNotFoundError(f"no shards match {pattern!r}")
+        out.extend(matches)
+    return out
+
+
+def _expand_uri(pattern: str) -> list[str]:
+    import fnmatch
+
+    from pyarrow import fs
+
+    filesystem, inner = _fs(pattern)
+    scheme = pattern.split("://", 1)[0]
+    if any(ch in inner for ch in "*?["):
+        base = inner[: min(inner.find(c) for c in "*?[" if c in inner)].rsplit("/", 1)[0]
+        infos = filesystem.get_file_info(fs.FileSelector(base, recursive=True))
+        found = sorted(i.path for i in infos if i.type == fs.FileType.File and fnmatch.fnmatch(i.path, inner))
+    else:
+        info = filesystem.get_file_info(inner)
+        if info.type == fs.FileType.Directory:
+            infos = filesystem.get_file_info(fs.FileSelector(inner, recursive=True))
+            found = sorted(i.path for i in infos if i.type == fs.FileType.File and i.path.endswith(".tar"))
+        else:
+            found = [inner] if info.type == fs.FileType.File else []
+    if not found:
+        raise FileNotFoundError(f"no shards match {pattern!r}")
+    return [f"{scheme}://{p}" for p in found]
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+
+@dataclass
+class ShardInfo:
+    path: str
+    count: int
+    bytes: int
+    keys: list[str] = field(default_factory=list)
+
+
+class ShardWriter:
+    """Write samples into `{prefix}-{000000}.tar` shards, each closed at `max_count` samples or `max_bytes`.
+
+    Each shard is streamed into `.{name}.tmp-{random}` beside its final name and renamed when complete.
+    WebDataset's own ShardWriter is not used because on an exception it closes (and names) the partial
+    shard, and it opens an empty shard before the first sample; its TarWriter does the tar encoding.
+
+        with ShardWriter("out/curated", max_count=1000) as writer:
+            shard_path = writer.write(sample)         # a Sample, or a dict of encoded members
+        writer.shards  # -> [ShardInfo(path, count, bytes, keys), ...]
+
+    On an exception inside the `with` block the current temporary is deleted and nothing is renamed.
+    `on_shard` is called with each completed ShardInfo (for per-shard stats or manifests).
+    """
+
+    def __init__(
+        self,
+        prefix: str,
+        max_count: int = 1000,
+        max_bytes: int = 1 << 30,
+        on_shard: Callable[[ShardInfo], None] | None = None,
+        start_index: int | None = None,
+    ) -> None:
+        if max_count < 1 or max_bytes < 1:
+            raise ValueError("max_count and max_bytes must be positive")
+        self.prefix = _local(prefix)
+        self.max_count = max_count
+        self.max_bytes = max_bytes
+        self.on_shard = on_shard
+        self.shards: list[ShardInfo] = []
+        self._remote = _is_uri(self.prefix)
+        self._tar: Any = None
+        self._stream: Any = None
+        self._tmp_path = ""
+        self._current: ShardInfo | None = None
+        if self._remote:
+            self._filesystem, self._inner_prefix = _fs(self.prefix)
+        else:
+            os.makedirs(os.path.dirname(os.path.abspath(self.prefix)), exist_ok=True)
+        self.index = self._recover() if start_index is None else start_index
+
+    # Restart: remove stale temporaries, continue numbering after the complete shards.
+    def _recover(self) -> int:
+        if self._remote:
+            return self._recover_remote()
+        folder = os.path.dirname(os.path.abspath(self.prefix))
+        base = os.path.basename(self.prefix)
+        last = -1
+        for name in os.listdir(folder):
+            if name.startswith(f".{base}-") and _TMP_MARK in name:
+                os.remove(os.path.join(folder, name))
+                continue
+            m = _SHARD_RE.match(name)
+            if m and m.group("prefix") == base:
+                last = max(last, int(m.group("num")))
+        return last + 1
+
+    def _recover_remote(self) -> int:
+        from pyarrow import fs
+
+        folder, base = self._inner_prefix.rsplit("/", 1)
+        last = -1
+        infos = self._filesystem.get_file_info(fs.FileSelector(folder, allow_not_found=True))
+        for info in infos:
+            name = info.base_name
+            if name.startswith(f".{base}-") and _TMP_MARK in name:
+                self._filesystem.delete_file(info.path)
+                continue
+            m = _SHARD_RE.match(name)
+            if m and m.group("prefix") == base:
+                last = max(last, int(m.group("num")))
+        return last + 1
+
+    def _final_path(self, index: int) -> str:
+        return f"{self.prefix}-{index:06d}.tar"
+
+    def _open(self) -> None:
+        import webdataset as wds
+
+        final = self._final_path(self.index)
+        folder, name = os.path.split(final)
+        self._tmp_path = os.path.join(folder, f".{name}{_TMP_MARK}{uuid.uuid4().hex[:8]}")
+        if self._remote:
+            self._stream = self._filesystem.open_output_stream(_fs(self._tmp_path)[1])
+        else:
+            self._stream = open(self._tmp_path, "wb")
+        self._tar = wds.TarWriter(self._stream)
+        self._current = ShardInfo(path=final, count=0, bytes=0)
+
+    def write(self, sample: Sample | dict[str, bytes]) -> str:
+        """Encode (if a Sample) and append one sample; returns the final path of the shard it lands in."""
+        members = encode(sample) if isinstance(sample, Sample) else sample
+        if "__key__" not in members:
+            raise SampleError("members need a __key__")
+        if self._tar is None:
+            self._open()
+        assert self._current is not None
+        size = self._tar.write(members)
+        self._current.count += 1
+        self._current.bytes += size
+        key = members["__key__"]
+        self._current.keys.append(key.decode() if isinstance(key, bytes) else str(key))
+        path = self._current.path
+        if self._current.count >= self.max_count or self._current.bytes >= self.max_bytes:
+            self._finish()
+        return path
+
+    def _finish(self) -> None:
+        if self._tar is None:
+            return
+        assert self._current is not None
+        self._tar.close()  # closes the underlying stream too
+        if self._remote:
+            self._filesystem.move(_fs(self._tmp_path)[1], _fs(self._current.path)[1])
+        else:
+            with open(self._tmp_path, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(self._tmp_path, self._current.path)
+        self.shards.append(self._current)
+        info, self._current, self._tar, self._stream = self._current, None, None, None
+        self.index += 1
+        if self.on_shard is not None:
+            self.on_shard(info)
+
+    def abort(self) -> None:
+        """Drop the shard being written; complete shards stay."""
+        if self._tar is None:
+            return
+        try:
+            self._tar.close()
+        except Exception:
+            pass  # the stream may be what failed (disk full): deleting the temporary is all that matters
+        if self._remote:
+            self._filesystem.delete_file(_fs(self._tmp_path)[1])
+        elif os.path.exists(self._tmp_path):
+            os.remove(self._tmp_path)
+        self._tar = self._stream = self._current = None
+
+    def close(self) -> list[ShardInfo]:
+        self._finish()
+        return self.shards
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+
+class ShardError(IOError):
+    """A shard that cannot be read as a tar (truncated, corrupt, missing). The message names it."""
+
+
+@dataclass
+class BadSample:
+    shard: str
+    key: str | None  # None when the shard itself broke before a key could be read
+    reason: str
+
+
+@dataclass
+class ReadReport:
+    """What a read saw: good samples counted, bad ones listed with key and reason."""
+
+    samples: int = 0
+    bad: list[BadSample] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return f"{self.samples} samples read, {len(self.bad)} bad"
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    """WebDataset's convention: the key is the path up to the first dot of the basename."""
+    folder, base = os.path.split(name)
+    stem, _, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext
+
+
+def iter_members(path: str) -> Iterator[dict[str, bytes]]:
+    """Stream one shard's samples as dicts of raw members (with `__key__` and `__url__`).
+
+    Raises ShardError naming the shard if it is missing, truncated or not a tar.
+    """
+    current: dict[str, bytes] = {}
+    current_key: str | None = None
+    try:
+        with open_input(path) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                key, ext = _split_name(info.name)
+                if key.startswith("__") or not ext:
+                    continue
+                f = tar.extractfile(info)
+                data = f.read() if f is not None else b""
+                if key != current_key:
+                    if current_key is not None:
+                        yield current
+                    current_key, current = key, {"__key__": key.encode(), "__url__": path.encode()}
+                current[ext] = data
+    except Exception as e:  # tarfile raises several types for truncated/corrupt input: report them as one
+        raise ShardError(f"{path}: not a readable tar shard ({type(e).__name__}: {e})") from e
+    if current_key is not None:
+        yield current
+
+
+def iter_samples(
+    paths: str | Iterable[str],
+    policy: BadSamplePolicy = "raise",
+    report: ReadReport | None = None,
+    decoder: Callable[[dict[str, bytes]], Any] = decode,
+) -> Iterator[Any]:
+    """Yield decoded samples from shards.
+
+    policy "raise": the first bad sample or broken shard raises (SampleError / ShardError, naming it).
+    policy "skip": bad samples and broken shards are recorded in `report.bad` (shard, key, reason) and
+    skipped; the samples before a truncation point are still yielded. Nothing is dropped silently.
+    """
+    report = report if report is not None else ReadReport()
+    for path in expand(paths):
+        members_iter = iter_members(path)
+        while True:
+            try:
+                members = next(members_iter)
+            except StopIteration:
+                break
+            except ShardError as e:
+                if policy == "raise":
+                    raise
+                report.bad.append(BadSample(shard=path, key=None, reason=str(e)))
+                break
+            key = members["__key__"].decode()
+            try:
+                sample = decoder(members)
+            except SampleError as e:
+                if policy == "raise":
+                    raise SampleError(f"{path}: {e}") from None
+                report.bad.append(BadSample(shard=path, key=key, reason=str(e)))
+                continue
+            report.samples += 1
+            yield sample
