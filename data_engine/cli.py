@@ -1,8 +1,8 @@
 """`hv schema` and `hv shards` (the data contract), `hv curate` when the curation DAG is installed.
 
-    hv schema                      # human summary: keypoint groups, subsets, class vocabularies
-    hv schema --format json        # the whole schema as one JSON object
-    hv shards inspect 'out/shards/*.tar'
+hv schema                      # human summary: keypoint groups, subsets, class vocabularies
+hv schema --format json        # the whole schema as one JSON object
+hv shards inspect 'out/shards/*.tar'
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def inspect_shards(paths: list[str]) -> dict:
         try:
             for members in shards.iter_members(path):
                 count += 1
-                key = members["__key__"].decode()
+                key = members["__key__"]
                 for name, data in members.items():
                     if not name.startswith("__"):
                         members_count[name] += 1
@@ -73,7 +73,10 @@ def inspect_shards(paths: list[str]) -> dict:
         except shards.ShardError as e:
             report["bad"].append({"shard": path, "key": None, "reason": str(e)})
             entry["error"] = str(e)
-        entry.update(samples=count, members={k: {"count": members_count[k], "bytes": members_bytes[k]} for k in sorted(members_count)})
+        entry.update(
+            samples=count,
+            members={k: {"count": members_count[k], "bytes": members_bytes[k]} for k in sorted(members_count)},
+        )
         report["shards"].append(entry)
         report["samples"] += count
     return report

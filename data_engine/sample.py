@@ -323,8 +323,9 @@ def decode_pose(data: bytes) -> Pose:
 # --------------------------------------------------------------------------------------------- the sample
 
 
-def encode(sample: Sample) -> dict[str, bytes]:
-    """Validate and encode a sample into WebDataset members (the `__key__` entry included)."""
+def encode(sample: Sample) -> dict[str, Any]:
+    """Validate and encode a sample into WebDataset members: `__key__` (str, as WebDataset has it) and bytes
+    per member name."""
     validate(sample)
     meta = dict(sample.meta)
     meta["schema_version"] = SCHEMA_VERSION
@@ -334,7 +335,7 @@ def encode(sample: Sample) -> dict[str, bytes]:
     image_bytes = sample.image_bytes
     if image_bytes is None:
         image_bytes = encode_image(sample.image, sample.image_format)
-    members: dict[str, bytes] = {"__key__": sample.key.encode(), sample.image_format: image_bytes, "json": dumps(meta)}
+    members: dict[str, Any] = {"__key__": sample.key, sample.image_format: image_bytes, "json": dumps(meta)}
     if sample.pose is not None:
         members["pose.json"] = encode_pose(sample.pose)
     if sample.seg is not None:

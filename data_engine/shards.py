@@ -10,6 +10,7 @@ Paths are local paths or any URI that `pyarrow.fs` understands (s3://, gs://, fi
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
@@ -197,23 +198,30 @@ class ShardWriter:
         if self._remote:
             self._stream = self._filesystem.open_output_stream(_fs(self._tmp_path)[1])
         else:
-            self._stream = open(self._tmp_path, "wb")
+            self._stream = open(self._tmp_path, "wb")  # noqa: SIM115 (closed by _finish or abort)
         self._tar = wds.TarWriter(self._stream)
         self._current = ShardInfo(path=final, count=0, bytes=0)
 
-    def write(self, sample: Sample | dict[str, bytes]) -> str:
-        """Encode (if a Sample) and append one sample; returns the final path of the shard it lands in."""
+    def write(self, sample: Sample | dict[str, Any]) -> str:
+        """Encode (if a Sample) and append one sample; returns the final path of the shard it lands in.
+
+        A dict of members needs `__key__` (str or bytes) and bytes per member name; `__url__` and other
+        `__` entries are dropped (they describe where a sample was read from, not the sample).
+        """
         members = encode(sample) if isinstance(sample, Sample) else sample
         if "__key__" not in members:
             raise SampleError("members need a __key__")
+        key = members["__key__"]
+        key = key.decode() if isinstance(key, bytes) else str(key)
+        members = {k: v for k, v in members.items() if not k.startswith("__")}
+        members["__key__"] = key
         if self._tar is None:
             self._open()
         assert self._current is not None
         size = self._tar.write(members)
         self._current.count += 1
         self._current.bytes += size
-        key = members["__key__"]
-        self._current.keys.append(key.decode() if isinstance(key, bytes) else str(key))
+        self._current.keys.append(key)
         path = self._current.path
         if self._current.count >= self.max_count or self._current.bytes >= self.max_bytes:
             self._finish()
@@ -240,10 +248,9 @@ class ShardWriter:
         """Drop the shard being written; complete shards stay."""
         if self._tar is None:
             return
-        try:
+        # The stream may be what failed (disk full): deleting the temporary is all that matters.
+        with contextlib.suppress(Exception):
             self._tar.close()
-        except Exception:
-            pass  # the stream may be what failed (disk full): deleting the temporary is all that matters
         if self._remote:
             self._filesystem.delete_file(_fs(self._tmp_path)[1])
         elif os.path.exists(self._tmp_path):
@@ -296,12 +303,13 @@ def _split_name(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext
 
 
-def iter_members(path: str) -> Iterator[dict[str, bytes]]:
-    """Stream one shard's samples as dicts of raw members (with `__key__` and `__url__`).
+def iter_members(path: str) -> Iterator[dict[str, Any]]:
+    """Stream one shard's samples as dicts of raw bytes per member, with `__key__` and `__url__` as str
+    (the same dicts `webdataset.WebDataset` yields).
 
     Raises ShardError naming the shard if it is missing, truncated or not a tar.
     """
-    current: dict[str, bytes] = {}
+    current: dict[str, Any] = {}
     current_key: str | None = None
     try:
         with open_input(path) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
@@ -316,7 +324,7 @@ def iter_members(path: str) -> Iterator[dict[str, bytes]]:
                 if key != current_key:
                     if current_key is not None:
                         yield current
-                    current_key, current = key, {"__key__": key.encode(), "__url__": path.encode()}
+                    current_key, current = key, {"__key__": key, "__url__": path}
                 current[ext] = data
     except Exception as e:  # tarfile raises several types for truncated/corrupt input: report them as one
         raise ShardError(f"{path}: not a readable tar shard ({type(e).__name__}: {e})") from e
@@ -328,7 +336,7 @@ def iter_samples(
     paths: str | Iterable[str],
     policy: BadSamplePolicy = "raise",
     report: ReadReport | None = None,
-    decoder: Callable[[dict[str, bytes]], Any] = decode,
+    decoder: Callable[[dict[str, Any]], Any] = decode,
 ) -> Iterator[Any]:
     """Yield decoded samples from shards.
 
@@ -349,7 +357,7 @@ def iter_samples(
                     raise
                 report.bad.append(BadSample(shard=path, key=None, reason=str(e)))
                 break
-            key = members["__key__"].decode()
+            key = members["__key__"]
             try:
                 sample = decoder(members)
             except SampleError as e:
