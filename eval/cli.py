@@ -1,0 +1,124 @@
+"""`hv eval ...`, `hv predict` and `hv export`: metrics, pictures, reports and deployable models.
+
+    hv eval pose --gt gt.json --pred results.json [--keypoints all] [--out metrics.json]
+    hv eval seg --gt gt_seg/ --pred pred_seg/ [--vocab goliath28]
+    hv eval depth --gt gt_depth/ --pred pred_depth/
+    hv eval normal --gt gt_normal/ --pred pred_normal/
+    hv eval report runs/pose-tiny eval/pose.json --out report.html
+
+Each metric command prints one JSON object on stdout (and writes it with `--out`); bad input exits 2
+with one line on stderr naming the file at fault.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+TASKS = ("pose", "seg", "depth", "normal")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    ev = subparsers.add_parser("eval", help="metrics from files or a checkpoint; HTML reports")
+    ev_sub = ev.add_subparsers(dest="eval_command", metavar="ACTION", required=True)
+
+    pose = ev_sub.add_parser("pose", help="COCO keypoint AP/AR with the Goliath OKS sigmas, per group")
+    pose.add_argument("--gt", required=True, help="COCO keypoint ground truth JSON")
+    pose.add_argument("--pred", required=True, help="COCO keypoint results JSON")
+    pose.add_argument("--keypoints", default=None, help="keypoint subset (default: inferred from the GT file)")
+    _add_out(pose)
+    pose.set_defaults(func=_eval_pose)
+
+    seg = ev_sub.add_parser("seg", help="mIoU / mAcc / aAcc over PNG class maps matched by name")
+    _add_dirs(seg)
+    seg.add_argument("--vocab", choices=("goliath28", "lip20"), default="goliath28")
+    _add_out(seg)
+    seg.set_defaults(func=_eval_seg)
+
+    depth = ev_sub.add_parser("depth", help="scale-and-shift aligned depth metrics over 16-bit mm PNGs")
+    _add_dirs(depth)
+    _add_out(depth)
+    depth.set_defaults(func=_eval_depth)
+
+    normal = ev_sub.add_parser("normal", help="angular error of 16-bit RGB normal PNGs")
+    _add_dirs(normal)
+    _add_out(normal)
+    normal.set_defaults(func=_eval_normal)
+
+    report = ev_sub.add_parser("report", help="a self-contained HTML page from runs and metric files")
+    report.add_argument("inputs", nargs="+", metavar="RUN_OR_METRICS", help="run folders, metrics.json(l) files")
+    report.add_argument("--out", required=True, help="the HTML file to write")
+    report.add_argument("--title", default="humanvision evaluation report")
+    report.set_defaults(func=_eval_report)
+
+
+def _add_dirs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gt", required=True, help="folder of ground-truth PNGs")
+    p.add_argument("--pred", required=True, help="folder of predicted PNGs with the same file names")
+
+
+def _add_out(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default=None, help="also write the JSON object to this file")
+
+
+def _emit(result: dict[str, Any], out: str | None) -> int:
+    text = json.dumps(result, indent=None, sort_keys=False)
+    if out:
+        folder = os.path.dirname(os.path.abspath(out))
+        os.makedirs(folder, exist_ok=True)
+        tmp = f"{out}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        os.replace(tmp, out)
+    print(text)
+    return 0
+
+
+def _run_metric(fn, *args: Any, out: str | None) -> int:
+    from eval.metrics import MetricInputError
+
+    try:
+        result = fn(*args)
+    except MetricInputError as e:
+        print(f"hv eval: {e}", file=sys.stderr)
+        return 2
+    return _emit(result, out)
+
+
+def _eval_pose(args: argparse.Namespace) -> int:
+    from eval.metrics.pose import pose_metrics_from_files
+
+    return _run_metric(pose_metrics_from_files, args.gt, args.pred, args.keypoints, out=args.out)
+
+
+def _eval_seg(args: argparse.Namespace) -> int:
+    from eval.metrics.seg import seg_metrics_from_files
+
+    return _run_metric(seg_metrics_from_files, args.gt, args.pred, args.vocab, out=args.out)
+
+
+def _eval_depth(args: argparse.Namespace) -> int:
+    from eval.metrics.depth import depth_metrics_from_files
+
+    return _run_metric(depth_metrics_from_files, args.gt, args.pred, out=args.out)
+
+
+def _eval_normal(args: argparse.Namespace) -> int:
+    from eval.metrics.normal import normal_metrics_from_files
+
+    return _run_metric(normal_metrics_from_files, args.gt, args.pred, out=args.out)
+
+
+def _eval_report(args: argparse.Namespace) -> int:
+    from eval.report import ReportInputError, report_from_paths
+
+    try:
+        report_from_paths(args.inputs, args.out, title=args.title)
+    except ReportInputError as e:
+        print(f"hv eval report: {e}", file=sys.stderr)
+        return 2
+    print(args.out)
+    return 0
