@@ -1,0 +1,33 @@
+"""Every head on a tiny backbone: output shape at its stride, finite values, gradients reach every parameter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from train.heads import HEAD_SPECS, TASKS, build_head, output_stride
+
+
+@pytest.mark.parametrize("task,channels", [("pose", 17), ("seg", 28), ("normal", 3), ("depth", 1)])
+def test_head_shapes_and_backward(task, channels) -> None:
+    torch.manual_seed(0)
+    head = build_head(task, in_channels=32, out_channels=channels, channels=16)
+    features = torch.randn(2, 32, 4, 3, requires_grad=True)  # a 64x48 input at patch 16
+    out = head(features)
+    stride = output_stride(task)
+    assert out.shape == (2, channels, 64 // stride, 48 // stride)
+    assert torch.isfinite(out).all()
+    out.square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in head.parameters())
+    if task == "depth":
+        assert (out > 0).all()  # softplus: log(depth) is always defined
+
+
+def test_strides_follow_the_design() -> None:
+    assert {t: output_stride(t) for t in TASKS} == {"pose": 4, "seg": 2, "depth": 1, "normal": 2}
+    assert HEAD_SPECS["depth"].channels == 384 and HEAD_SPECS["pose"].channels == 768
+
+
+def test_unknown_task_names_the_choices() -> None:
+    with pytest.raises(ValueError, match="pose, seg, depth, normal"):
+        build_head("keypoints", 8, 1)  # type: ignore[arg-type]

@@ -1,0 +1,149 @@
+"""Each loss against a direct numpy computation of its docstring formula, including empty masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from train.losses import heatmap_mse, normal_loss, silog_loss, weighted_ce
+
+RNG = np.random.default_rng(0)
+
+
+def _t(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def test_heatmap_mse_matches_numpy() -> None:
+    pred, target = RNG.random((3, 5, 8, 6)), RNG.random((3, 5, 8, 6))
+    weight = (RNG.random((3, 5)) > 0.4).astype(np.float64)
+    expected = (((pred - target) ** 2).mean(axis=(2, 3)) * weight).sum() / weight.sum()
+    got = heatmap_mse(_t(pred), _t(target), _t(weight))
+    assert got.item() == pytest.approx(expected, rel=1e-10)
+
+
+def test_heatmap_mse_all_unweighted_is_zero_with_gradient() -> None:
+    pred = torch.rand(2, 3, 4, 4, requires_grad=True)
+    loss = heatmap_mse(pred, torch.rand(2, 3, 4, 4), torch.zeros(2, 3))
+    loss.backward()
+    assert loss.item() == 0.0 and pred.grad is not None and torch.all(pred.grad == 0)
+
+
+def test_heatmap_mse_rejects_bad_weight_shape() -> None:
+    with pytest.raises(ValueError, match="weight"):
+        heatmap_mse(torch.rand(2, 3, 4, 4), torch.rand(2, 3, 4, 4), torch.ones(2, 4))
+
+
+def _np_log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def test_weighted_ce_matches_numpy_with_ignore() -> None:
+    logits = RNG.normal(size=(2, 4, 5, 6))
+    target = RNG.integers(0, 4, (2, 5, 6))
+    target[0, :2] = 255
+    weight = np.array([0.5, 1.0, 2.0, 3.0])
+    logp = _np_log_softmax(logits)
+    valid = target != 255
+    t = np.where(valid, target, 0)
+    nll = -np.take_along_axis(logp, t[:, None], 1)[:, 0]
+    w = weight[t] * valid
+    expected = (nll * w).sum() / w.sum()
+    got = weighted_ce(_t(logits), _t(target), _t(weight))
+    assert got.item() == pytest.approx(expected, rel=1e-10)
+    # PyTorch's own weighted mean agrees where it is defined.
+    ref = torch.nn.functional.cross_entropy(_t(logits), _t(target), weight=_t(weight), ignore_index=255)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-10)
+
+
+def test_weighted_ce_resizes_half_resolution_logits() -> None:
+    logits = torch.randn(1, 3, 4, 4)
+    target = torch.randint(0, 3, (1, 8, 8))
+    up = torch.nn.functional.interpolate(logits, size=(8, 8), mode="bilinear", align_corners=False)
+    assert weighted_ce(logits, target, None).item() == pytest.approx(
+        torch.nn.functional.cross_entropy(up, target).item(), rel=1e-6
+    )
+
+
+def test_weighted_ce_all_ignored_or_zero_weight_is_zero_not_nan() -> None:
+    logits = torch.randn(1, 3, 4, 4, requires_grad=True)
+    assert weighted_ce(logits, torch.full((1, 4, 4), 255), None).item() == 0.0
+    only_class0 = torch.zeros(1, 4, 4, dtype=torch.long)
+    loss = weighted_ce(logits, only_class0, torch.tensor([0.0, 1.0, 1.0]))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(logits.grad).all()
+
+
+def test_weighted_ce_rejects_out_of_vocabulary_ids() -> None:
+    with pytest.raises(ValueError, match="class ids"):
+        weighted_ce(torch.randn(1, 3, 2, 2), torch.full((1, 2, 2), 7), None)
+
+
+def test_silog_matches_numpy_per_image_mean() -> None:
+    pred = RNG.uniform(0.05, 1.0, (3, 1, 6, 5))
+    target = RNG.uniform(0.0, 1.0, (3, 1, 6, 5))
+    target[0, 0, :2] = 0.0  # zero depth drops out even inside the mask
+    mask = RNG.random((3, 6, 5)) > 0.3
+    mask[2] = False  # an image with no valid pixel does not count
+    losses = []
+    for b in range(3):
+        valid = mask[b] & (target[b, 0] > 1e-6)
+        if not valid.any():
+            continue
+        d = np.log(target[b, 0][valid]) - np.log(pred[b, 0][valid])
+        losses.append(np.sqrt((d**2).mean() - 0.5 * d.mean() ** 2))
+    got = silog_loss(_t(pred), _t(target), _t(mask))
+    assert got.item() == pytest.approx(np.mean(losses), rel=1e-9)
+
+
+def test_silog_is_scale_invariant_in_its_mean_term() -> None:
+    target = torch.rand(2, 1, 8, 8) + 0.1
+    mask = torch.ones(2, 8, 8, dtype=torch.bool)
+    # A prediction off by a constant factor loses only the sqrt(0.5) * |mean| part, not the full error.
+    loss = silog_loss(target * 2.0, target, mask).item()
+    assert loss == pytest.approx(np.sqrt(0.5) * np.log(2.0), rel=1e-5)
+
+
+def test_silog_empty_mask_is_zero_with_gradient() -> None:
+    pred = torch.rand(2, 1, 4, 4, requires_grad=True)
+    loss = silog_loss(pred, torch.rand(2, 1, 4, 4), torch.zeros(2, 4, 4, dtype=torch.bool))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(pred.grad).all()
+
+
+def test_silog_exact_prediction_has_finite_gradient() -> None:
+    target = torch.rand(1, 1, 4, 4) + 0.1
+    pred = target.clone().requires_grad_(True)
+    loss = silog_loss(pred, target, torch.ones(1, 4, 4, dtype=torch.bool))
+    loss.backward()
+    assert loss.item() < 1e-5 and torch.isfinite(pred.grad).all()
+
+
+def test_normal_loss_matches_numpy() -> None:
+    pred = RNG.normal(size=(2, 3, 5, 4))
+    target = RNG.normal(size=(2, 3, 5, 4))
+    target /= np.linalg.norm(target, axis=1, keepdims=True)
+    target[1, :, 0] = 0.0  # no surface
+    mask = RNG.random((2, 5, 4)) > 0.2
+    n_hat = pred / np.linalg.norm(pred, axis=1, keepdims=True)
+    valid = mask & (np.abs(target).sum(1) > 0)
+    per_pixel = np.abs(target - n_hat).sum(1) + 1 - (target * n_hat).sum(1)
+    expected = per_pixel[valid].mean()
+    assert normal_loss(_t(pred), _t(target), _t(mask)).item() == pytest.approx(expected, rel=1e-10)
+
+
+def test_normal_loss_perfect_is_zero_and_empty_is_zero() -> None:
+    target = torch.nn.functional.normalize(torch.randn(1, 3, 4, 4), dim=1)
+    mask = torch.ones(1, 4, 4, dtype=torch.bool)
+    assert normal_loss(target * 3.0, target, mask).item() == pytest.approx(0.0, abs=1e-6)
+    pred = torch.randn(1, 3, 4, 4, requires_grad=True)
+    loss = normal_loss(pred, target, torch.zeros(1, 4, 4, dtype=torch.bool))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(pred.grad).all()
+
+
+def test_normal_loss_rejects_wrong_channels() -> None:
+    with pytest.raises(ValueError, match="normal_loss"):
+        normal_loss(torch.randn(1, 2, 4, 4), torch.randn(1, 3, 4, 4), torch.ones(1, 4, 4, dtype=torch.bool))

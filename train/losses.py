@@ -1,0 +1,130 @@
+"""Fine-tuning losses: pure functions `(pred, target, mask or weight) -> scalar Tensor`.
+
+Each loss states its formula and the shapes it takes; each returns a defined value (0, with a gradient path
+to `pred`) when nothing is valid, never NaN, so a batch whose samples lack a label still steps. Tested
+against a direct numpy computation of the formula in tests/finetune/test_losses.py.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = 255
+
+
+def _zero_like(pred: torch.Tensor) -> torch.Tensor:
+    # `pred.sum() * 0` keeps `pred` in the graph: every head parameter gets a (zero) gradient, which ZeRO's
+    # gradient partitioning expects, instead of None.
+    return pred.sum() * 0.0
+
+
+def heatmap_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Keypoint heatmap MSE weighted per keypoint (mmpose's KeypointMSELoss with target weights).
+
+    pred, target: (B, K, h, w); weight: (B, K), 1 for a labelled keypoint (v > 0) inside the crop, else 0.
+        L = sum_{b,k} w_bk * mean_{y,x} (pred_bkyx - target_bkyx)^2 / sum_{b,k} w_bk
+    Returns 0 when every weight is 0.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"heatmap_mse: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+    if weight.shape != pred.shape[:2]:
+        raise ValueError(f"heatmap_mse: weight {tuple(weight.shape)} must be (B, K) = {tuple(pred.shape[:2])}")
+    per_keypoint = (pred - target).pow(2).mean(dim=(2, 3))  # (B, K)
+    total = weight.sum()
+    if total <= 0:
+        return _zero_like(pred)
+    return (per_keypoint * weight).sum() / total
+
+
+def weighted_ce(
+    logits: torch.Tensor, target: torch.Tensor, class_weight: torch.Tensor | None, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
+    """Class-weighted cross-entropy over labelled pixels (PyTorch's weighted mean).
+
+    logits: (B, C, h, w), bilinearly resized to the target's (H, W) first when they differ (the heads predict
+    at 1/2 of the input); target: (B, H, W) int64 class ids, `ignore_index` = unlabelled; class_weight: (C,).
+        L = sum_p w[t_p] * (-log softmax(z_p)[t_p]) / sum_p w[t_p]   over pixels p with t_p != ignore
+    Returns 0 when no pixel is labelled.
+    """
+    if logits.ndim != 4 or target.ndim != 3 or logits.shape[0] != target.shape[0]:
+        raise ValueError(f"weighted_ce: logits {tuple(logits.shape)} must be (B, C, h, w), target (B, H, W)")
+    if logits.shape[2:] != target.shape[1:]:
+        logits = F.interpolate(logits, size=target.shape[1:], mode="bilinear", align_corners=False)
+    target = target.long()
+    valid = target != ignore_index
+    if not bool(valid.any()):
+        return _zero_like(logits)
+    num_classes = logits.shape[1]
+    if class_weight is not None and class_weight.shape != (num_classes,):
+        raise ValueError(f"weighted_ce: class_weight {tuple(class_weight.shape)} must be ({num_classes},)")
+    if bool((target[valid] >= num_classes).any()) or bool((target[valid] < 0).any()):
+        raise ValueError(f"weighted_ce: target has class ids outside 0..{num_classes - 1} (and {ignore_index})")
+    # Written out rather than F.cross_entropy: PyTorch returns NaN when every labelled pixel has weight 0.
+    safe_target = torch.where(valid, target, 0)
+    nll = -F.log_softmax(logits, dim=1).gather(1, safe_target[:, None])[:, 0]  # (B, H, W)
+    w = valid.to(logits.dtype)
+    if class_weight is not None:
+        w = w * class_weight.to(logits.dtype)[safe_target]
+    total = w.sum()
+    if total <= 0:
+        return _zero_like(logits)
+    return (nll * w).sum() / total
+
+
+def silog_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Scale-invariant log loss (Eigen et al. 2014, lambda = 0.5), per image then averaged over images.
+
+    pred, target: (B, 1, H, W) or (B, H, W), pred resized bilinearly to the target when sizes differ;
+    mask: same spatial shape, bool. Over the M_b valid pixels of image b (mask and target > eps):
+        delta = log(target) - log(max(pred, eps))
+        L_b = sqrt(mean(delta^2) - 0.5 * mean(delta)^2)
+        L = mean over images with M_b > 0 of L_b     (0 when no image has a valid pixel)
+    The variance term is clamped at 1e-12 before the square root, whose gradient is infinite at 0.
+    """
+    pred, target, mask = _dense_1ch(pred), _dense_1ch(target), _dense_1ch(mask).bool()
+    if pred.shape[1:] != target.shape[1:]:
+        pred = F.interpolate(pred[:, None], size=target.shape[1:], mode="bilinear", align_corners=False)[:, 0]
+    valid = mask & (target > eps)
+    count = valid.flatten(1).sum(1)  # (B,)
+    has = count > 0
+    if not bool(has.any()):
+        return _zero_like(pred)
+    delta = torch.where(valid, torch.log(target.clamp(min=eps)) - torch.log(pred.clamp(min=eps)), 0.0)
+    n = count.clamp(min=1).to(pred.dtype)
+    mean_sq = delta.pow(2).flatten(1).sum(1) / n
+    mean = delta.flatten(1).sum(1) / n
+    per_image = torch.sqrt((mean_sq - 0.5 * mean.pow(2)).clamp(min=1e-12))
+    return per_image[has].mean()
+
+
+def normal_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Surface-normal loss: L1 plus angular (1 - cosine), over valid pixels.
+
+    pred: (B, 3, h, w) raw head output, resized bilinearly to the target's (H, W) when sizes differ, then
+    normalised: n_hat = pred / max(|pred|, eps); target: (B, 3, H, W) unit normals; mask: (B, H, W) bool
+    (valid = mask and |n| > 0).
+        L = mean over valid pixels p of ( sum_c |n_pc - n_hat_pc| + (1 - n_p . n_hat_p) )
+    Returns 0 when no pixel is valid.
+    """
+    if pred.ndim != 4 or pred.shape[1] != 3 or target.shape[:2] != pred.shape[:2]:
+        raise ValueError(f"normal_loss: pred {tuple(pred.shape)} and target {tuple(target.shape)} must be (B, 3, ...)")
+    if pred.shape[2:] != target.shape[2:]:
+        pred = F.interpolate(pred, size=target.shape[2:], mode="bilinear", align_corners=False)
+    n_hat = pred / pred.norm(dim=1, keepdim=True).clamp(min=eps)
+    valid = mask.bool() & (target.abs().sum(dim=1) > 0)  # (B, H, W)
+    count = valid.sum()
+    if count == 0:
+        return _zero_like(pred)
+    l1 = (target - n_hat).abs().sum(dim=1)
+    angular = 1.0 - (target * n_hat).sum(dim=1)
+    return ((l1 + angular) * valid).sum() / count
+
+
+def _dense_1ch(x: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) or (B, H, W) -> (B, H, W)."""
+    if x.ndim == 4 and x.shape[1] == 1:
+        return x[:, 0]
+    if x.ndim == 3:
+        return x
+    raise ValueError(f"expected a (B, 1, H, W) or (B, H, W) map, got {tuple(x.shape)}")
