@@ -1,0 +1,412 @@
+"""A self-contained HTML report: metric tables, training curves and prediction-vs-ground-truth pictures.
+
+    hv eval report runs/pose-tiny runs/eval-pose/metrics.json --out report.html
+
+Everything is inside the one file: pictures are base64 PNG `data:` URIs, curves are inline SVG, the
+style sheet is inline, and there is no script at all, so it opens offline, in a mail attachment or on a
+cluster's file browser. `build_report(title, sections)` is the reusable part: build `Section`s of
+`MetricTable`, `Curves`, `Picture`, `Note` and `Preformatted` items from anywhere (the demo does) and get the HTML text.
+
+Inputs of `report_from_paths` (each path one of):
+- a run folder: its `metrics.jsonl` (one JSON object a line with `step` and numbers: `loss`, `lr`, ...)
+  becomes curves; every `*.json` object in it with numeric values a table; `config.yaml` is shown
+  folded; PNGs in `pictures/` (or the folder itself) become pictures;
+- a `.json` metrics file (the output of `hv eval ...`), a `.jsonl` metrics log, or a `.png` picture.
+A line of a metrics log that is not a JSON object is skipped and counted in a note, never silently.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_PICTURES_PER_RUN = 24
+MAX_TABLE_ROWS = 60
+_CURVE_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
+
+
+class ReportInputError(ValueError):
+    """A report input that does not exist or cannot be read; the message names it."""
+
+
+@dataclass
+class MetricTable:
+    title: str
+    metrics: dict[str, Any]  # scalars become one table; nested dicts (groups, per_class) their own
+
+
+@dataclass
+class Curves:
+    title: str
+    records: list[dict[str, Any]]  # each with `step` and numeric series; one chart per series
+    x_key: str = "step"
+
+
+@dataclass
+class Picture:
+    title: str
+    png: bytes
+    caption: str = ""
+
+
+@dataclass
+class Note:
+    text: str
+    level: str = "info"  # "info" or "warning": warnings are shown in a red box
+
+
+@dataclass
+class Preformatted:
+    title: str
+    text: str  # shown folded, verbatim (a resolved config, a log excerpt)
+
+
+Item = MetricTable | Curves | Picture | Note | Preformatted
+
+
+@dataclass
+class Section:
+    title: str
+    items: list[Item] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------- rendering
+
+
+_STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1400px}
+h1{font-size:22px}h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
+h3{font-size:15px;margin:16px 0 6px}
+table{border-collapse:collapse;margin:6px 0 12px;font-size:13px}
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}
+td:first-child,th:first-child{text-align:left}
+figure{display:inline-block;margin:6px 12px 12px 0;vertical-align:top}
+figure img{max-width:100%;border:1px solid #ddd}figcaption{font-size:12px;color:#555}
+.charts{display:flex;flex-wrap:wrap;gap:12px}.note{font-size:13px;color:#444}
+.warning{background:#fdecea;border:1px solid #f5c2c0;padding:6px 10px;border-radius:4px}
+pre{background:#f7f7f7;padding:8px;font-size:12px;overflow:auto}
+"""
+
+
+def build_report(title: str, sections: Sequence[Section]) -> str:
+    """The whole HTML page as text."""
+    body = [f"<h1>{_esc(title)}</h1>"]
+    if not sections:
+        body.append('<p class="note">Nothing to report.</p>')
+    for section in sections:
+        body.append(f"<h2>{_esc(section.title)}</h2>")
+        for item in section.items:
+            body.append(_render_item(item))
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{_esc(title)}</title><style>{_STYLE}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+
+
+def write_report(path: str, title: str, sections: Sequence[Section]) -> str:
+    """Write the page atomically (a reader never sees half a report); returns the path."""
+    text = build_report(title, sections)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def _esc(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _render_item(item: Item) -> str:
+    if isinstance(item, MetricTable):
+        return metric_table_html(item.title, item.metrics)
+    if isinstance(item, Curves):
+        return curves_html(item.title, item.records, item.x_key)
+    if isinstance(item, Picture):
+        data = base64.b64encode(item.png).decode("ascii")
+        caption = f"<figcaption>{_esc(item.title)}{': ' + _esc(item.caption) if item.caption else ''}</figcaption>"
+        return f'<figure><img alt="{_esc(item.title)}" src="data:image/png;base64,{data}">{caption}</figure>'
+    if isinstance(item, Note):
+        css = "note warning" if item.level == "warning" else "note"
+        return f'<p class="{css}">{_esc(item.text)}</p>'
+    if isinstance(item, Preformatted):
+        return f"<details><summary>{_esc(item.title)}</summary><pre>{_esc(item.text)}</pre></details>"
+    raise TypeError(f"unknown report item {type(item).__name__}")
+
+
+def _format_value(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        shown = ", ".join(str(v) for v in value[:8])
+        return f"[{shown}{', ...' if len(value) > 8 else ''}] ({len(value)})"
+    return str(value)
+
+
+def metric_table_html(title: str, metrics: dict[str, Any]) -> str:
+    """Scalars in a key/value table; each nested dict as its own table: a dict of dicts (e.g. `groups`)
+    as rows x columns, a dict of scalars (e.g. `per_class`) as name/value rows."""
+    parts = [f"<h3>{_esc(title)}</h3>"]
+    scalars = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+    if scalars:
+        rows = "".join(f"<tr><td>{_esc(k)}</td><td>{_esc(_format_value(v))}</td></tr>" for k, v in scalars.items())
+        parts.append(f"<table><tr><th>metric</th><th>value</th></tr>{rows}</table>")
+    for key, nested in metrics.items():
+        if not isinstance(nested, dict) or not nested:
+            continue
+        names = list(nested)
+        shown = names[:MAX_TABLE_ROWS]
+        more = len(names) - len(shown)
+        if all(isinstance(v, dict) for v in nested.values()):
+            columns: list[str] = []
+            for v in nested.values():
+                columns += [c for c in v if c not in columns and not isinstance(v[c], dict)]
+            head = "".join(f"<th>{_esc(c)}</th>" for c in columns)
+            body = "".join(
+                f"<tr><td>{_esc(n)}</td>"
+                + "".join(f"<td>{_esc(_format_value(nested[n].get(c)))}</td>" for c in columns)
+                + "</tr>"
+                for n in shown
+            )
+            parts.append(f"<table><caption>{_esc(key)}</caption><tr><th></th>{head}</tr>{body}</table>")
+        else:
+            body = "".join(f"<tr><td>{_esc(n)}</td><td>{_esc(_format_value(nested[n]))}</td></tr>" for n in shown)
+            parts.append(f"<table><caption>{_esc(key)}</caption><tr><th>name</th><th>value</th></tr>{body}</table>")
+        if more:
+            parts.append(f'<p class="note">{more} more rows of {_esc(key)} are in the JSON file.</p>')
+    return "\n".join(parts)
+
+
+def numeric_series(records: Sequence[dict[str, Any]], x_key: str = "step") -> dict[str, list[tuple[float, float]]]:
+    """Series name -> [(x, y)] for every key whose values are finite numbers; non-finite points dropped."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    for n, record in enumerate(records):
+        x = record.get(x_key, n)
+        if not _is_number(x):
+            continue
+        for key, value in record.items():
+            if key != x_key and _is_number(value) and math.isfinite(value):
+                series.setdefault(key, []).append((float(x), float(value)))
+    return series
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def curves_html(title: str, records: Sequence[dict[str, Any]], x_key: str = "step") -> str:
+    series = numeric_series(records, x_key)
+    if not series:
+        return f'<h3>{_esc(title)}</h3><p class="note">No numeric series to draw.</p>'
+    charts = "".join(
+        svg_line_chart(name, points, x_key, _CURVE_COLORS[i % len(_CURVE_COLORS)])
+        for i, (name, points) in enumerate(series.items())
+    )
+    return f'<h3>{_esc(title)}</h3><div class="charts">{charts}</div>'
+
+
+def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / count
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = min((m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw), default=raw)
+    first = math.ceil(lo / step) * step
+    ticks = []
+    t = first
+    while t <= hi + step * 1e-9 and len(ticks) < 12:
+        ticks.append(round(t, 12))
+        t += step
+    return ticks
+
+
+def svg_line_chart(
+    name: str,
+    points: Sequence[tuple[float, float]],
+    x_label: str = "step",
+    color: str = "#1f77b4",
+    width: int = 360,
+    height: int = 220,
+) -> str:
+    """One series as an inline SVG line chart with axes, ticks and a title; a log y axis for a series that is
+    positive and spans more than two decades (learning rates, early losses)."""
+    left, right, top, bottom = 56, 12, 22, 34
+    xs = [p[0] for p in points]
+    ys = [p[1] for p in points]
+    log_y = min(ys) > 0 and max(ys) / min(ys) > 100
+    ty = [math.log10(y) for y in ys] if log_y else ys
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(ty), max(ty)
+    if x1 == x0:
+        x0, x1 = x0 - 1, x1 + 1
+    if y1 == y0:
+        pad = abs(y0) * 0.05 or 1.0
+        y0, y1 = y0 - pad, y1 + pad
+    pw, ph = width - left - right, height - top - bottom
+
+    def sx(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * pw
+
+    def sy(y: float) -> float:
+        return top + (1 - (y - y0) / (y1 - y0)) * ph
+
+    def text(x: float, y: float, size: int, content: str, anchor: str = "start") -> str:
+        return f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" text-anchor="{anchor}">{content}</text>'
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif">',
+        f"<title>{_esc(name)}</title>",
+        text(left, 15, 13, _esc(name) + (" (log)" if log_y else "")),
+        f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>',
+    ]
+    for t in _nice_ticks(y0, y1, 4):
+        y = sy(t)
+        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>')
+        out.append(text(left - 4, y + 4, 10, f"{10**t:.2g}" if log_y else f"{t:.4g}", "end"))
+    for t in _nice_ticks(x0, x1, 5):
+        out.append(text(sx(t), top + ph + 14, 10, f"{t:.6g}", "middle"))
+    out.append(text(left + pw / 2, height - 4, 11, _esc(x_label), "middle"))
+    coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in zip(xs, ty, strict=True))
+    if len(points) == 1:
+        out.append(f'<circle cx="{sx(xs[0]):.1f}" cy="{sy(ty[0]):.1f}" r="3" fill="{color}"/>')
+    else:
+        out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{coords}"/>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def read_metrics_log(path: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """(records, problems): JSON-object lines of a metrics.jsonl; each unreadable line is a problem entry."""
+    records: list[dict[str, Any]] = []
+    problems: list[str] = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise ReportInputError(f"cannot read {path}: {e}") from None
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            problems.append(f"line {n}: not JSON ({e.msg})")
+            continue
+        if not isinstance(obj, dict):
+            problems.append(f"line {n}: a {type(obj).__name__}, not an object")
+            continue
+        records.append(obj)
+    return records, problems
+
+
+def read_metrics_json(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except OSError as e:
+        raise ReportInputError(f"cannot read {path}: {e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ReportInputError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise ReportInputError(f"{path} holds a JSON {type(obj).__name__}, a metrics file holds an object")
+    return obj
+
+
+def _has_numbers(obj: dict[str, Any]) -> bool:
+    return any(_is_number(v) or (isinstance(v, dict) and _has_numbers(v)) for v in obj.values())
+
+
+def _read_png(path: str) -> bytes:
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise ReportInputError(f"{path} is not a PNG file")
+    return data
+
+
+def _log_items(path: str) -> list[Item]:
+    records, problems = read_metrics_log(path)
+    items: list[Item] = [Curves(os.path.basename(path), records)]
+    if not records:
+        items = [Note(f"{path}: no records", "warning")]
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; ... {len(problems) - 5} more" if len(problems) > 5 else "")
+        items.append(Note(f"{path}: {len(problems)} unreadable line(s) skipped: {shown}", "warning"))
+    return items
+
+
+def run_section(folder: str) -> Section:
+    """Everything a run or evaluation folder holds: curves, metric tables, config, pictures."""
+    section = Section(os.path.basename(os.path.normpath(folder)) or folder)
+    names = sorted(os.listdir(folder))
+    for name in names:
+        if name.endswith(".jsonl"):
+            section.items += _log_items(os.path.join(folder, name))
+    for name in names:
+        path = os.path.join(folder, name)
+        if name.endswith(".json") and os.path.isfile(path):
+            try:
+                obj = read_metrics_json(path)
+            except ReportInputError as e:
+                section.items.append(Note(str(e), "warning"))
+                continue
+            if _has_numbers(obj):
+                section.items.append(MetricTable(name, obj))
+    config = next((os.path.join(folder, n) for n in ("config.yaml", "config.yml") if n in names), None)
+    if config:
+        with open(config, encoding="utf-8", errors="replace") as f:
+            section.items.append(Preformatted(os.path.basename(config), f.read()))
+    picture_dir = os.path.join(folder, "pictures")
+    picture_dir = picture_dir if os.path.isdir(picture_dir) else folder
+    pngs = sorted(n for n in os.listdir(picture_dir) if n.lower().endswith(".png"))
+    for name in pngs[:MAX_PICTURES_PER_RUN]:
+        try:
+            section.items.append(Picture(name, _read_png(os.path.join(picture_dir, name))))
+        except (OSError, ReportInputError) as e:
+            section.items.append(Note(str(e), "warning"))
+    if len(pngs) > MAX_PICTURES_PER_RUN:
+        section.items.append(Note(f"{len(pngs) - MAX_PICTURES_PER_RUN} more pictures in {picture_dir}"))
+    if not section.items:
+        section.items.append(Note(f"{folder}: no metrics.jsonl, metrics JSON or pictures found", "warning"))
+    return section
+
+
+def sections_from_paths(paths: Sequence[str]) -> list[Section]:
+    sections: list[Section] = []
+    for path in paths:
+        if not os.path.exists(path):
+            raise ReportInputError(f"{path} does not exist")
+        if os.path.isdir(path):
+            sections.append(run_section(path))
+        elif path.endswith(".jsonl"):
+            sections.append(Section(os.path.basename(path), _log_items(path)))
+        elif path.endswith(".json"):
+            sections.append(
+                Section(os.path.basename(path), [MetricTable(os.path.basename(path), read_metrics_json(path))])
+            )
+        elif path.lower().endswith(".png"):
+            sections.append(Section(os.path.basename(path), [Picture(os.path.basename(path), _read_png(path))]))
+        else:
+            raise ReportInputError(f"{path}: not a run folder, .json, .jsonl or .png file")
+    return sections
+
+
+def report_from_paths(paths: Sequence[str], out: str, title: str = "humanvision evaluation report") -> str:
+    return write_report(out, title, sections_from_paths(paths))
