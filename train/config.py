@@ -1,0 +1,144 @@
+"""Typed training configs: dataclasses are the schema, YAML files set values, `key=value` overrides win.
+
+    cfg = load_config(PretrainConfig, "configs/pretrain/tiny.yaml", ["steps=20", "data.shards=out/*.tar"])
+    save_config(cfg, "RUN/config.yaml")        # the resolved config, beside the outputs
+
+An unknown key, a value of the wrong type or a malformed override raises ConfigError naming it, before
+anything starts. `TrainConfig` holds what the engine reads; each task (pretraining here, fine-tuning in
+`train.finetune`) subclasses it with its model and data sections.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used: the message names the file, key or override."""
+
+
+class Precision(str, Enum):
+    auto = "auto"  # bf16 on GPU, fp32 on CPU
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class Schedule(str, Enum):
+    cosine = "cosine"  # linear warmup, then half a cosine down to min_lr (MAE, Sapiens pretraining)
+    poly = "poly"  # linear warmup, then (1 - t)^power down to min_lr (Sapiens seg/depth fine-tuning)
+    constant = "constant"  # linear warmup, then flat
+
+
+@dataclass
+class OptimConfig:
+    # Peak LR. None: base_lr * global_batch / 256, MAE's linear scaling rule (Sapiens: 1.5e-4 x 4096/256).
+    lr: float | None = None
+    base_lr: float = 1.5e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.05  # never applied to norms, biases, position embeddings or tokens
+    layer_decay: float = 1.0  # layer-wise LR decay: layer i of n gets lr * decay^(n - 1 - i); 1.0 = off
+    schedule: Schedule = Schedule.cosine
+    warmup_steps: int = 0
+    warmup_start_factor: float = 1e-3  # the first warmup step runs at this fraction of the peak LR
+    min_lr: float = 0.0
+    poly_power: float = 1.0
+    clip_grad: float = 1.0  # global grad-norm clip; 0 = off
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100  # optimizer steps
+    batch_size: int = 8  # per process and micro-step; global batch = batch_size * grad_accum * processes
+    grad_accum: int = 1
+    zero_stage: int = 0  # 0 = plain data parallel, 1/2/3 = ZeRO (3 also partitions the weights)
+    precision: Precision = Precision.auto
+    seed: int = 0
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    log_every: int = 10
+    ckpt_every: int = 1000  # steps between checkpoints; 0 = only at the end
+    keep_checkpoints: int = 2  # newest checkpoints kept; older ones are deleted (0 = keep all)
+    resume: str = "auto"  # "auto": newest checkpoint under RUN/checkpoints if any; "none"; or a checkpoint folder
+    progress: bool = True  # a progress bar on rank 0
+    tensorboard: bool = True
+    # DeepSpeed's own JSON keys, passed through: a file, then a block on top. The typed fields above own
+    # train_micro_batch_size_per_gpu, gradient_accumulation_steps, gradient_clipping, zero_optimization.stage
+    # and bf16.enabled, and win over the file for those.
+    deepspeed_config: str | None = None
+    deepspeed: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        positive = {"steps": self.steps, "batch_size": self.batch_size, "grad_accum": self.grad_accum}
+        positive["log_every"] = self.log_every
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.ckpt_every < 0 or self.keep_checkpoints < 0:
+            raise ConfigError("ckpt_every and keep_checkpoints must be >= 0")
+        o = self.optim
+        if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+            raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {list(o.betas)}")
+        if not 0 < o.layer_decay <= 1:
+            raise ConfigError(f"optim.layer_decay must be in (0, 1], got {o.layer_decay}")
+        if o.warmup_steps < 0 or o.warmup_steps > self.steps:
+            raise ConfigError(f"optim.warmup_steps must be in [0, steps={self.steps}], got {o.warmup_steps}")
+        if self.deepspeed_config is not None and not os.path.isfile(self.deepspeed_config):
+            raise ConfigError(f"deepspeed_config {self.deepspeed_config!r} does not exist")
+
+
+def load_config(schema: type[T], path: str | None = None, overrides: Sequence[str] = ()) -> T:
+    """Defaults of `schema`, then the YAML file, then `key=value` overrides; validated; a dataclass instance."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    merged = OmegaConf.structured(schema)
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file {path!r} does not exist")
+        try:
+            loaded = OmegaConf.load(path)
+            merged = OmegaConf.merge(merged, loaded)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"{path}: {_first_line(e)}") from None
+        except Exception as e:  # YAML syntax errors and the like
+            raise ConfigError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must be key=value")
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"override {item!r}: {_first_line(e)}") from None
+    cfg = OmegaConf.to_object(merged)
+    validate = getattr(cfg, "validate", None)
+    if validate is not None:
+        validate()
+    return cfg  # type: ignore[return-value]
+
+
+def to_yaml(cfg: Any) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def save_config(cfg: Any, path: str) -> None:
+    """Write the resolved config as YAML (atomically: a reader never sees half a file)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(to_yaml(cfg))
+    os.replace(tmp, path)
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0]

@@ -1,0 +1,462 @@
+"""The training loop around the DeepSpeed engine, shared by every task (MAE pretraining, fine-tuning).
+
+    from train.engine import fit
+    result = fit(model, loss_fn, make_batches, cfg, out_dir)
+
+- `model`: an `nn.Module`, or a zero-argument callable that builds one (built inside
+  `deepspeed.zero.Init` at ZeRO-3, so a model larger than one device is never whole in memory).
+- `loss_fn(engine, batch) -> (loss, logs)`: runs the model (call `engine(...)`, the DeepSpeed wrapper)
+  on one batch; `logs` is a dict of float figures averaged over ranks and written beside the loss.
+- `make_batches(rank, world_size, seed, start_step) -> Iterator[batch]`: this rank's endless batch
+  stream; `start_step` is how many batches (micro-batches: optimizer steps x grad_accum) this rank
+  already consumed, so a resumed run continues the same data order. Tensors in a batch (or in a dict of
+  them) are moved to the device here.
+- `cfg`: a `train.config.TrainConfig` (or subclass): steps, batch, ZeRO stage, precision, optimizer,
+  schedule, checkpoints, resume, logging.
+
+What it does: AdamW over parameter groups (no weight decay on norms, biases, position embeddings and
+tokens; optional layer-wise LR decay through the model's `layer_id(name)`), a warmup + cosine / poly
+LR schedule precomputed per step, gradient clipping and accumulation through DeepSpeed, checkpoints
+every `ckpt_every` steps and at the end under `RUN/checkpoints/step_XXXXXXXX` (newest
+`keep_checkpoints` kept), `resume="auto"`, `RUN/metrics.jsonl` (one object per logged step: step,
+loss, lr, images_per_s, step_time_s, grad_norm, the task's logs, mfu on GPU) and TensorBoard under
+`RUN/tb`, and a progress bar on rank 0. Randomness inside a step (MAE masks, drop path) is seeded from
+(seed, rank, step), so a resumed run repeats the uninterrupted one exactly.
+
+Processes come from the `deepspeed` launcher (see `train.launch`); a plain single-process call works
+too: the distributed environment variables are filled in for one local process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from train.config import OptimConfig, Precision, Schedule, TrainConfig
+
+LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]
+MakeBatches = Callable[[int, int, int, int], Iterator[Any]]
+
+# Dense bf16 peak FLOP/s of common accelerators, for MFU (vendor data sheets, no sparsity).
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
+_OWNED_KEYS = (
+    "train_micro_batch_size_per_gpu",
+    "gradient_accumulation_steps",
+    "gradient_clipping",
+    "zero_optimization.stage",
+    "bf16.enabled",
+)
+
+
+@dataclass
+class FitResult:
+    step: int  # optimizer steps done
+    last_loss: float | None
+    checkpoint: str | None  # the newest checkpoint folder
+    metrics: str  # path of metrics.jsonl
+
+
+# -------------------------------------------------------------------------------------- distributed set-up
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def init_distributed() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank); a process started without a launcher becomes a world of one."""
+    import deepspeed
+
+    if "RANK" not in os.environ:
+        # Without these DeepSpeed tries MPI discovery and dies importing mpi4py (STACK.md).
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ["MASTER_PORT"] = str(free_port())
+    deepspeed.init_distributed(verbose=False)
+    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def device_for(local_rank: int) -> torch.device:
+    from deepspeed.accelerator import get_accelerator
+
+    name = get_accelerator().device_name()
+    if name == "cpu":
+        return torch.device("cpu")
+    get_accelerator().set_device(local_rank)
+    return torch.device(name, local_rank)
+
+
+def use_bf16(precision: Precision, device: torch.device) -> bool:
+    if precision == Precision.auto:
+        return device.type != "cpu"
+    return precision == Precision.bf16
+
+
+def deepspeed_config(cfg: TrainConfig, bf16: bool) -> tuple[dict[str, Any], list[str]]:
+    """DeepSpeed's JSON config: the file, the `deepspeed:` block, then the typed fields (which win).
+
+    Returns the config and notes on file/block values that the typed fields replaced.
+    """
+    merged: dict[str, Any] = {}
+    if cfg.deepspeed_config:
+        with open(cfg.deepspeed_config) as f:
+            merged = json.load(f)
+    merged = _deep_merge(merged, dict(cfg.deepspeed))
+    owned = {
+        "train_micro_batch_size_per_gpu": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "gradient_clipping": float(cfg.optim.clip_grad),
+        "zero_optimization.stage": cfg.zero_stage,
+        "bf16.enabled": bf16,
+    }
+    notes = []
+    for key in _OWNED_KEYS:
+        old = _get_path(merged, key)
+        if old is not None and old != owned[key]:
+            notes.append(f"deepspeed {key}={old!r} replaced by the config's {owned[key]!r}")
+        _set_path(merged, key, owned[key])
+    merged.pop("train_batch_size", None)  # derived by DeepSpeed from the micro batch, accumulation and world
+    merged.setdefault("steps_per_print", 1 << 30)  # our own metrics replace DeepSpeed's periodic prints
+    merged.setdefault("zero_allow_untested_optimizer", True)  # torch AdamW as a client optimizer
+    merged.setdefault("zero_force_ds_cpu_optimizer", False)  # ... also with optimizer offload
+    merged.setdefault("wall_clock_breakdown", False)
+    return merged, notes
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _get_path(d: dict[str, Any], path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def _set_path(d: dict[str, Any], path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    for part in parents:
+        d = d.setdefault(part, {})
+    d[last] = value
+
+
+# ------------------------------------------------------------------------------ parameter groups, schedule
+
+
+def _shape(p: torch.Tensor) -> tuple[int, ...]:
+    return tuple(getattr(p, "ds_shape", p.shape))  # ZeRO-3 partitions leave p itself empty
+
+
+def no_weight_decay(name: str, param: torch.Tensor) -> bool:
+    """Norm weights, biases (all 1-D), position embeddings and learned tokens are not decayed."""
+    leaf = name.rsplit(".", 1)[-1]
+    return len(_shape(param)) <= 1 or "pos_embed" in leaf or leaf.endswith("token")
+
+
+def layer_id_fn(model: nn.Module) -> tuple[Callable[[str], int], int] | None:
+    """The model's layer numbering for layer-wise decay: its own `layer_id`, or that of its `.backbone`
+    (parameters outside the backbone count as the last layer). None if the model has neither."""
+    if hasattr(model, "layer_id") and hasattr(model, "num_layers"):
+        return model.layer_id, int(model.num_layers)
+    backbone = getattr(model, "backbone", None)
+    if backbone is not None and hasattr(backbone, "layer_id"):
+        n = int(backbone.num_layers)
+
+        def by_backbone(name: str) -> int:
+            return backbone.layer_id(name[len("backbone.") :]) if name.startswith("backbone.") else n - 1
+
+        return by_backbone, n
+    return None
+
+
+def param_groups(model: nn.Module, optim: OptimConfig) -> list[dict[str, Any]]:
+    """AdamW groups keyed by (decay or not, layer): each has `weight_decay` and `lr_scale`."""
+    numbering = layer_id_fn(model) if optim.layer_decay < 1.0 else None
+    if optim.layer_decay < 1.0 and numbering is None:
+        raise ValueError(f"layer_decay={optim.layer_decay} needs a model with layer_id()/num_layers or a .backbone")
+    groups: dict[tuple[bool, int], dict[str, Any]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip_decay = no_weight_decay(name, p)
+        layer, scale = 0, 1.0
+        if numbering is not None:
+            fn, n = numbering
+            layer = fn(name)
+            scale = optim.layer_decay ** (n - 1 - layer)
+        group = groups.setdefault(
+            (skip_decay, layer),
+            {"params": [], "weight_decay": 0.0 if skip_decay else optim.weight_decay, "lr_scale": scale},
+        )
+        group["params"].append(p)
+    return list(groups.values())
+
+
+def lr_schedule(optim: OptimConfig, steps: int, peak_lr: float) -> np.ndarray:
+    """The LR of each optimizer step, (steps,): linear warmup from peak * warmup_start_factor, then decay."""
+    lrs = np.empty(steps, dtype=np.float64)
+    warm = optim.warmup_steps
+    for s in range(steps):
+        if s < warm:
+            f = optim.warmup_start_factor
+            lrs[s] = peak_lr * (f + (1 - f) * s / warm)
+            continue
+        t = (s - warm) / max(steps - warm, 1)  # 0 at the end of warmup, -> 1 at the last step
+        if optim.schedule == Schedule.cosine:
+            lrs[s] = optim.min_lr + (peak_lr - optim.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
+        elif optim.schedule == Schedule.poly:
+            lrs[s] = optim.min_lr + (peak_lr - optim.min_lr) * (1 - t) ** optim.poly_power
+        else:
+            lrs[s] = peak_lr
+    return lrs
+
+
+def peak_lr(cfg: TrainConfig, world_size: int) -> float:
+    if cfg.optim.lr is not None:
+        return float(cfg.optim.lr)
+    return cfg.optim.base_lr * cfg.batch_size * cfg.grad_accum * world_size / 256
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_root(out_dir: str) -> str:
+    return os.path.join(out_dir, "checkpoints")
+
+
+def resolve_resume(resume: str, out_dir: str) -> tuple[str, str] | None:
+    """(load_dir, tag) to resume from, or None to start fresh. Raises naming a checkpoint that is missing."""
+    if resume == "none":
+        return None
+    root = checkpoint_root(out_dir)
+    if resume == "auto":
+        latest = os.path.join(root, "latest")
+        if not os.path.isfile(latest):
+            return None
+        with open(latest) as f:
+            return root, f.read().strip()
+    path = os.path.abspath(resume)
+    if os.path.isfile(os.path.join(path, "latest")):
+        with open(os.path.join(path, "latest")) as f:
+            return path, f.read().strip()
+    if os.path.isdir(path):
+        return os.path.dirname(path), os.path.basename(path)
+    raise FileNotFoundError(f"resume={resume!r}: no such checkpoint folder (or folder with a 'latest' file)")
+
+
+def _prune_checkpoints(root: str, keep: int) -> None:
+    if keep <= 0:
+        return
+    tags = sorted(d for d in os.listdir(root) if d.startswith("step_") and os.path.isdir(os.path.join(root, d)))
+    for tag in tags[:-keep]:
+        shutil.rmtree(os.path.join(root, tag), ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------- logging
+
+
+class MetricsLog:
+    """RUN/metrics.jsonl (+ TensorBoard) on rank 0. On resume, rows past the resumed step are dropped, so
+    the file reads as one uninterrupted run."""
+
+    def __init__(self, out_dir: str, start_step: int, tensorboard: bool) -> None:
+        self.path = os.path.join(out_dir, "metrics.jsonl")
+        kept: list[str] = []
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                for line in f:
+                    try:
+                        if json.loads(line)["step"] <= start_step:
+                            kept.append(line if line.endswith("\n") else line + "\n")
+                    except (ValueError, KeyError):
+                        continue  # a half-written last line from a killed run
+        with open(self.path, "w") as f:
+            f.writelines(kept)
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(os.path.join(out_dir, "tb"), purge_step=start_step + 1)
+
+    def write(self, row: dict[str, float]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.writer is not None:
+            for k, v in row.items():
+                if k != "step":
+                    self.writer.add_scalar(f"train/{k}", v, row["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def step_seed(seed: int, rank: int, step: int, micro: int) -> int:
+    return (seed * 1_000_003 + rank * 7_919 + step * 131 + micro) % (2**63 - 1)
+
+
+# ------------------------------------------------------------------------------------------------- fit
+
+
+def fit(
+    model: nn.Module | Callable[[], nn.Module],
+    loss_fn: LossFn,
+    make_batches: MakeBatches,
+    cfg: TrainConfig,
+    out_dir: str,
+    groups: list[dict[str, Any]] | None = None,
+    flops_per_sample: float | None = None,
+) -> FitResult:
+    """Train to `cfg.steps` optimizer steps; see the module docstring. `groups` replaces the default
+    parameter groups (dicts with params, weight_decay, lr_scale); `flops_per_sample` (forward) enables MFU."""
+    import deepspeed
+    import torch.distributed as dist
+
+    rank, world, local_rank = init_distributed()
+    device = device_for(local_rank)
+    bf16 = use_bf16(cfg.precision, device)
+    os.makedirs(out_dir, exist_ok=True)
+
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    if not isinstance(model, nn.Module):
+        if cfg.zero_stage == 3:
+            with deepspeed.zero.Init(config_dict_or_path=deepspeed_config(cfg, bf16)[0]):
+                model = model()
+        else:
+            model = model()
+    ds_config, notes = deepspeed_config(cfg, bf16)
+    groups = groups if groups is not None else param_groups(model, cfg.optim)
+    lr0 = peak_lr(cfg, world)
+    optimizer = None
+    if "optimizer" not in ds_config:  # a DeepSpeed "optimizer" block (e.g. its CPU Adam) takes over if given
+        optimizer = torch.optim.AdamW(
+            groups, lr=lr0, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps, fused=device.type == "cuda"
+        )
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, model_parameters=groups if optimizer is None else None, config=ds_config
+    )
+
+    start_step = 0
+    resume_from = resolve_resume(cfg.resume, out_dir)
+    if resume_from is not None:
+        load_dir, tag = resume_from
+        path, client = engine.load_checkpoint(load_dir, tag=tag)
+        if path is None:
+            raise RuntimeError(f"could not load checkpoint {os.path.join(load_dir, tag)}")
+        start_step = int(client["step"])
+
+    lrs = lr_schedule(cfg.optim, cfg.steps, lr0)
+    global_batch = cfg.batch_size * cfg.grad_accum * world
+    flops_peak = peak_flops(device)
+    log = None
+    if rank == 0:
+        with open(os.path.join(out_dir, "deepspeed_config.json"), "w") as f:
+            json.dump(ds_config, f, indent=2)
+        for note in notes:
+            print(f"[train] {note}", file=sys.stderr)
+        log = MetricsLog(out_dir, start_step, cfg.tensorboard)
+    bar = None
+    if rank == 0 and cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start_step, desc="train", dynamic_ncols=True, file=sys.stderr)
+
+    batches = iter(make_batches(rank, world, cfg.seed, start_step * cfg.grad_accum))
+    last_loss: float | None = None
+    newest: str | None = None
+    sums: dict[str, float] = {}
+    count = 0
+    window_start, window_steps = time.perf_counter(), 0
+    engine.train()
+    for step in range(start_step, cfg.steps):
+        for group in engine.optimizer.param_groups:
+            group["lr"] = float(lrs[step]) * group.get("lr_scale", 1.0)
+        for micro in range(cfg.grad_accum):
+            torch.manual_seed(step_seed(cfg.seed, rank, step, micro))
+            batch = _to_device(next(batches), device)
+            loss, logs = loss_fn(engine, batch)
+            engine.backward(loss)
+            engine.step()
+            for k, v in {"loss": float(loss.detach()), **logs}.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            count += 1
+        window_steps += 1
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            keys = sorted(sums)
+            values = torch.tensor([sums[k] / count for k in keys], dtype=torch.float64)
+            dist.all_reduce(values)  # gloo and nccl both take float64 on their own devices
+            values = (values / world).tolist()
+            elapsed = time.perf_counter() - window_start
+            row: dict[str, float] = {"step": done, "lr": float(lrs[step])}
+            row.update(dict(zip(keys, values, strict=True)))
+            row["images_per_s"] = global_batch * window_steps / elapsed
+            row["step_time_s"] = elapsed / window_steps
+            grad_norm = engine.get_global_grad_norm()
+            if grad_norm is not None:
+                row["grad_norm"] = float(grad_norm)
+            if flops_per_sample is not None and flops_peak is not None:
+                row["mfu"] = 3 * flops_per_sample * row["images_per_s"] / (world * flops_peak)
+            last_loss = row["loss"]
+            if log is not None:
+                log.write(row)
+            sums, count = {}, 0
+            window_start, window_steps = time.perf_counter(), 0
+        if bar is not None:
+            bar.update(1)
+            if last_loss is not None:
+                bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lrs[step]:.2e}")
+        if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.steps:
+            root = checkpoint_root(out_dir)
+            tag = f"step_{done:08d}"
+            engine.save_checkpoint(root, tag=tag, client_state={"step": done})
+            dist.barrier()
+            newest = os.path.join(root, tag)
+            if rank == 0:
+                _prune_checkpoints(root, cfg.keep_checkpoints)
+            window_start = time.perf_counter()  # saving is not training time
+    if bar is not None:
+        bar.close()
+    if log is not None:
+        log.close()
+    dist.barrier()
+    if newest is None and resume_from is not None:
+        newest = os.path.join(*resume_from)
+    return FitResult(
+        step=max(start_step, cfg.steps), last_loss=last_loss, checkpoint=newest, metrics=f"{out_dir}/metrics.jsonl"
+    )
