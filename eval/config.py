@@ -1,0 +1,68 @@
+"""Typed configs of the model-driven commands: `hv eval TASK --checkpoint`, `hv predict`, `hv export`.
+
+    hv eval pose --checkpoint runs/pose/export --shards 'val/*.tar' --config configs/eval/eval.yaml flip_test=true
+
+Defaults live in the dataclasses, `configs/eval/*.yaml` set values, `key=value` arguments override; an
+unknown key or a wrong type fails before any model is loaded (`train.config.load_config`). The resolved
+config is saved beside the outputs as `config.yaml`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from train.config import ConfigError
+
+
+class Device(str, Enum):
+    auto = "auto"  # cuda when available, else cpu
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class BadSamples(str, Enum):
+    skip = "skip"  # count and list each bad sample in the output, go on
+    raise_ = "raise"  # stop at the first one
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 8  # images (dense) or person crops (pose) per forward pass
+    device: Device = Device.auto
+    flip_test: bool = False  # average with the mirrored input (pose: flipped heatmaps, channels swapped)
+    max_samples: int = 0  # 0 = every sample of the shards
+    pictures: int = 8  # prediction-vs-ground-truth pictures written under OUT/pictures
+    bad_samples: BadSamples = BadSamples.skip
+    keypoint_threshold: float = 0.2  # keypoints under this score do not count in a person's score (mmpose's rule)
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_samples < 0 or self.pictures < 0:
+            raise ConfigError("max_samples and pictures must be >= 0")
+        if not 0 <= self.keypoint_threshold <= 1:
+            raise ConfigError(f"keypoint_threshold must be in [0, 1], got {self.keypoint_threshold}")
+
+
+@dataclass
+class PredictConfig:
+    batch_size: int = 8
+    device: Device = Device.auto
+    flip_test: bool = False
+    keypoint_threshold: float = 0.3  # points drawn above this score
+    bad_samples: BadSamples = BadSamples.skip
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+def resolve_device(device: Device) -> str:
+    import torch
+
+    if device == Device.auto:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == Device.cuda and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is available")
+    return device.value
