@@ -1,0 +1,260 @@
+"""`hv annotate`: Label Studio projects for 308 keypoints and 28 body-part classes, round trip into shards.
+
+    hv annotate config --task pose|seg|bbox [--keypoints SUBSET] [--vocab goliath28|lip20]
+    hv annotate serve [--port 8080] [--data-dir runs/label-studio]
+    hv annotate push SHARDS... --project NAME --task pose|seg|bbox [--url URL] [--media-root DIR]
+    hv annotate predict SHARDS... --project NAME --task pose|seg [--model-version V]
+    hv annotate pull --project NAME --out DIR [--all] [--shards ORIGINALS...]
+    hv annotate qa --project NAME [--out report.json]
+
+The API key comes from LABEL_STUDIO_API_KEY only; the URL from --url or LABEL_STUDIO_URL. Every action
+takes `--config FILE` and trailing `key=value` overrides (annotation/config.py). Exit codes: 0 done,
+1 done but some samples were skipped (each listed with its reason), 2 failed (nothing half-written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import sys
+from pathlib import Path
+
+from annotation.errors import AnnotationError
+
+TASK_CHOICES = ("pose", "seg", "bbox")
+_OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("annotate", help="Label Studio annotation: config, serve, push, predict, pull, qa")
+    sub = p.add_subparsers(dest="annotate_command", metavar="ACTION", required=True)
+
+    config = sub.add_parser("config", help="print a Label Studio labeling config (XML) built from the schema")
+    config.add_argument("--task", choices=TASK_CHOICES, required=True)
+    config.add_argument("--keypoints", default=None, metavar="SUBSET", help="keypoint subset (default: all 308)")
+    config.add_argument("--vocab", default=None, choices=("goliath28", "lip20"))
+    _config_args(config)
+    config.set_defaults(func=_config)
+
+    serve = sub.add_parser("serve", help="start a local Label Studio on 127.0.0.1 (SQLite); Ctrl-C stops it")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--data-dir", default="runs/label-studio")
+    serve.add_argument("--media-root", default=None, help="folder served as local files (default DATA_DIR/media)")
+    serve.add_argument("--username", default="admin@localhost")
+    serve.add_argument("--label-studio-bin", default=None, help="the label-studio executable (default .venv-ls)")
+    serve.set_defaults(func=_serve)
+
+    push = sub.add_parser("push", help="create one task per sample (idempotent, batched)")
+    push.add_argument("shards", nargs="+", metavar="SHARDS")
+    push.add_argument("--task", choices=TASK_CHOICES, required=True)
+    push.add_argument("--keypoints", default=None, metavar="SUBSET")
+    push.add_argument("--vocab", default=None, choices=("goliath28", "lip20"))
+    push.add_argument("--media-root", default=None, help="the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")
+    _server_args(push)
+    push.set_defaults(func=_push)
+
+    predict = sub.add_parser("predict", help="import pre-annotations from shards' pose.json / seg.png")
+    predict.add_argument("shards", nargs="+", metavar="SHARDS")
+    predict.add_argument("--task", choices=("pose", "seg"), required=True)
+    predict.add_argument("--model-version", default="shard-labels")
+    _server_args(predict)
+    predict.set_defaults(func=_predict)
+
+    pull = sub.add_parser("pull", help="write finished annotations as annotated shards")
+    pull.add_argument("--out", required=True, type=Path)
+    pull.add_argument("--all", action="store_true", help="also keep every annotator's labels (ann<ID>.* members)")
+    pull.add_argument("--shards", nargs="+", default=None, help="where the pushed shards live now, if they moved")
+    _server_args(pull)
+    pull.set_defaults(func=_pull)
+
+    qa = sub.add_parser("qa", help="agreement (OKS per keypoint group, IoU per class) and validation problems")
+    qa.add_argument("--out", type=Path, default=None, help="write the full report as JSON here")
+    _server_args(qa)
+    qa.set_defaults(func=_qa)
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="YAML file of settings (configs/annotation/default.yaml)")
+    p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help="settings overrides")
+
+
+def _server_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--project", required=True, help="Label Studio project title")
+    p.add_argument("--url", default=None, help="server URL (default: LABEL_STUDIO_URL)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _config_args(p)
+
+
+def _settings(args: argparse.Namespace):
+    from annotation.config import check_config, load_config
+
+    # Positional shards and positional overrides share the tail of the line: key=value words are overrides.
+    shard_words = getattr(args, "shards", None)
+    if isinstance(shard_words, list) and hasattr(args, "task"):
+        args.overrides = [w for w in shard_words if _OVERRIDE.match(w)] + list(args.overrides)
+        args.shards = [w for w in shard_words if not _OVERRIDE.match(w)]
+    config = load_config(args.config, args.overrides)
+    for flag, key in (
+        ("url", "url"),
+        ("keypoints", "keypoint_set"),
+        ("vocab", "vocabulary"),
+        ("media_root", "media_root"),
+    ):
+        value = getattr(args, flag, None)
+        if value:
+            setattr(config, key, value)
+    check_config(config)
+    return config
+
+
+def _guarded(action: str, run) -> int:
+    try:
+        return run()
+    except AnnotationError as e:
+        print(f"hv annotate {action}: error: {e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"hv annotate {action}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _studio(args: argparse.Namespace, config):
+    from annotation.client import Studio
+
+    return Studio.from_env(config.url or None, timeout_s=config.timeout_s)
+
+
+def _report_skips(action: str, items: list[dict]) -> int:
+    for item in items:
+        where = f"{item.get('shard')}: " if item.get("shard") else ""
+        print(f"hv annotate {action}: skipped {where}{item.get('key') or '-'}: {item['reason']}", file=sys.stderr)
+    return 1 if items else 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    def run() -> int:
+        from annotation.labeling import label_config
+
+        config = _settings(args)
+        sys.stdout.write(label_config(args.task, config.keypoint_set, config.vocabulary))
+        return 0
+
+    return _guarded("config", run)
+
+
+def _push(args: argparse.Namespace) -> int:
+    def run() -> int:
+        from annotation.push import push
+
+        config = _settings(args)
+        with _studio(args, config) as studio:
+            report = push(studio, args.shards, args.project, args.task, config, progress=not args.quiet)
+        print(report.summary())
+        return _report_skips("push", report.bad)
+
+    return _guarded("push", run)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    def run() -> int:
+        from annotation.predict import predict
+
+        config = _settings(args)
+        with _studio(args, config) as studio:
+            report = predict(
+                studio, args.shards, args.project, args.task, config, args.model_version, progress=not args.quiet
+            )
+        print(report.summary())
+        return _report_skips("predict", report.skipped)
+
+    return _guarded("predict", run)
+
+
+def _pull(args: argparse.Namespace) -> int:
+    def run() -> int:
+        from annotation.pull import REPORT_NAME, pull
+
+        config = _settings(args)
+        with _studio(args, config) as studio:
+            report = pull(
+                studio,
+                args.project,
+                args.out,
+                config,
+                keep_all=args.all,
+                shard_override=args.shards,
+                progress=not args.quiet,
+            )
+        print(report.summary())
+        print(f"shards: {len(report.shards)} in {args.out}; report: {args.out / REPORT_NAME}")
+        return _report_skips("pull", report.bad)
+
+    return _guarded("pull", run)
+
+
+def _qa(args: argparse.Namespace) -> int:
+    def run() -> int:
+        from annotation.config import save_config
+        from annotation.qa import qa, write_report
+
+        config = _settings(args)
+        with _studio(args, config) as studio:
+            report = qa(studio, args.project, config)
+        if args.out is not None:
+            write_report(report, args.out)
+            save_config(config, args.out.with_name(f"{args.out.stem}.config.yaml"))
+        print(json.dumps(report["summary"], indent=1))
+        return 0
+
+    return _guarded("qa", run)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    def run() -> int:
+        from annotation.client import api_key_from_env
+        from annotation.server import LabelStudioServer, ServerSettings, find_binary
+
+        binary = find_binary(args.label_studio_bin)
+        token = api_key_from_env()
+        data_dir = Path(args.data_dir).resolve()
+        media_root = Path(args.media_root).resolve() if args.media_root else data_dir / "media"
+        fresh = not (data_dir / "label_studio.sqlite3").exists()
+        password = os.environ.get("LABEL_STUDIO_PASSWORD", "")
+        generated = not password
+        if generated:
+            password = secrets.token_urlsafe(12)  # only used when the data dir is new: the user is made once
+        settings = ServerSettings(
+            data_dir=data_dir, media_root=media_root, port=args.port, username=args.username, binary=binary
+        )
+        server = LabelStudioServer(settings, token=token, password=password)
+        print(
+            f"hv annotate serve: starting Label Studio on http://127.0.0.1:{args.port} (data {data_dir}) ...",
+            flush=True,
+        )
+        url = server.start()
+        try:
+            print(f"\nLabel Studio is up: {url}")
+            if fresh:
+                shown = password if generated else "the value of LABEL_STUDIO_PASSWORD"
+                print(f"  log in as {args.username} with password {shown}")
+            else:
+                print(f"  log in as {args.username} with the password this data dir was created with")
+            print("  for push / predict / pull / qa in another shell:")
+            print(f"    export LABEL_STUDIO_URL={url}")
+            print(f"    export LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={media_root}")
+            print("    (and the same LABEL_STUDIO_API_KEY)")
+            print("  Ctrl-C stops the server.", flush=True)
+            assert server.process is not None
+            code = server.process.wait()
+            print(f"hv annotate serve: Label Studio exited with code {code}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("\nhv annotate serve: stopping Label Studio ...", file=sys.stderr)
+            return 0
+        finally:
+            server.stop()
+
+    return _guarded("serve", run)
