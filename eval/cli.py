@@ -5,6 +5,7 @@
     hv eval depth --gt gt_depth/ --pred pred_depth/
     hv eval normal --gt gt_normal/ --pred pred_normal/
     hv eval report runs/pose-tiny eval/pose.json --out report.html
+    hv export --checkpoint runs/multi/model.safetensors --format onnx --out model.onnx [--size 1024x768]
 
 Each metric command prints one JSON object on stdout (and writes it with `--out`); bad input exits 2
 with one line on stderr naming the file at fault.
@@ -53,6 +54,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     report.add_argument("--out", required=True, help="the HTML file to write")
     report.add_argument("--title", default="humanvision evaluation report")
     report.set_defaults(func=_eval_report)
+
+    export = subparsers.add_parser("export", help="export a fine-tuned model to ONNX or TorchScript, checked vs eager")
+    export.add_argument("--checkpoint", required=True, help="model.safetensors of hv train finetune, or its run folder")
+    export.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    export.add_argument("--out", required=True, help="the file to write (FILE.json beside it describes it)")
+    export.add_argument("--size", default=None, metavar="HxW", help="input size (default: the training size)")
+    export.add_argument("--tolerance", type=float, default=1e-4, help="max abs difference to eager allowed")
+    export.set_defaults(func=_export)
 
 
 def _add_dirs(p: argparse.ArgumentParser) -> None:
@@ -121,4 +130,22 @@ def _eval_report(args: argparse.Namespace) -> int:
         print(f"hv eval report: {e}", file=sys.stderr)
         return 2
     print(args.out)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from eval.checkpoint import CheckpointError
+    from eval.export import ExportError, ExportFormat, export_checkpoint, parse_size
+
+    try:
+        size = parse_size(args.size) if args.size else None
+        result = export_checkpoint(args.checkpoint, args.out, ExportFormat(args.format), size, args.tolerance)
+    except (ValueError, CheckpointError, ExportError) as e:
+        print(f"hv export: {e}", file=sys.stderr)
+        return 2 if not isinstance(e, ExportError) else 1
+    worst = max(result.max_abs_diff.values())
+    print(
+        f"{result.path}: {args.format}, tasks {', '.join(result.tasks)}, input {result.input_size[0]}x"
+        f"{result.input_size[1]}, max |exported - eager| = {worst:.2e}; described in {result.metadata_path}"
+    )
     return 0

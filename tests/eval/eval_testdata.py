@@ -106,3 +106,33 @@ def write_dense_set(root: str, rng: np.random.Generator, count: int = 3, shape=(
         write_pngs(f"{root}/normal/pred", {n: encode_normal(p) for n, (_, p) in normals.items()}),
     )
     return out
+
+
+def write_finetuned_checkpoint(
+    path: str, task: str = "multi", image_size: tuple[int, int] = (32, 32), keypoint_set: str = "coco17", seed: int = 0
+) -> str:
+    """A tiny fine-tuned model file as `hv train finetune` leaves it: fp32 safetensors with the resolved config
+    in the header. Random weights (seeded): evaluation and export only need a real model, not a good one."""
+    import torch
+    from safetensors.torch import save_file
+
+    from train.config import load_config, to_yaml
+    from train.finetune import FinetuneConfig, build_model
+
+    cfg = load_config(
+        FinetuneConfig,
+        None,
+        [
+            f"task={task}",
+            "model.arch=tiny",
+            f"model.image_size=[{image_size[0]},{image_size[1]}]",
+            "model.head_channels=16",
+            f"pose.keypoint_set={keypoint_set}",
+        ],
+    )
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, path, metadata={"config": to_yaml(cfg), "format": "finetune"})
+    return path
