@@ -8,7 +8,8 @@
     hv annotate qa --project NAME [--out report.json]
 
 The API key comes from LABEL_STUDIO_API_KEY only; the URL from --url or LABEL_STUDIO_URL. Every action
-takes `--config FILE` and trailing `key=value` overrides (annotation/config.py). Exit codes: 0 done,
+takes `--config FILE` and `key=value` overrides (annotation/config.py); for push and predict
+write them among the shard paths, before the options: `hv annotate push a.tar batch_size=200 --project P ...`. Exit codes: 0 done,
 1 done but some samples were skipped (each listed with its reason), 2 failed (nothing half-written).
 """
 

@@ -30,7 +30,7 @@ from annotation import convert
 from annotation.client import Studio
 from annotation.config import AnnotateConfig, config_dict, save_config
 from annotation.errors import AnnotationError
-from annotation.push import project_kind
+from annotation.push import member_text, project_kind
 from data_engine import shards
 from data_engine.sample import SampleError, decode, encode, encode_pose, encode_seg
 
@@ -163,7 +163,7 @@ def _pull_into(
             wanted = set(keys)
             try:
                 for members in shards.iter_members(shard):
-                    key = members["__key__"].decode()
+                    key = member_text(members["__key__"])
                     if key not in wanted:
                         continue
                     wanted.discard(key)
@@ -241,7 +241,7 @@ def _index_override(paths: list[str]) -> dict[str, str]:
     index: dict[str, str] = {}
     for path in shards.expand(paths):
         for members in shards.iter_members(path):
-            index.setdefault(members["__key__"].decode(), path)
+            index.setdefault(member_text(members["__key__"]), path)
     return index
 
 

@@ -160,4 +160,9 @@ def push(
 
 def decode_with_shard(members: dict[str, bytes]) -> tuple[str, Sample]:
     """(the shard it came from, the sample): tasks remember their shard so `pull` can find the original."""
-    return members["__url__"].decode(), decode(members)
+    return member_text(members["__url__"]), decode(members)
+
+
+def member_text(value: bytes | str) -> str:
+    """`__key__` / `__url__` as text (bytes from older readers, str from newer)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
