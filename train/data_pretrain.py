@@ -1,0 +1,280 @@
+"""Pretraining data: curated shards -> person-centred random resized crops + flips -> uint8 image batches.
+
+    batches = pretrain_batches(cfg.data, img_size=(1024, 1024), batch_size=64, rank=0, world_size=8,
+                               seed=0, start_batch=0, bad_dir="RUN/bad_samples")
+    next(batches)  # {"images": (64, 3, 1024, 1024) uint8}
+
+Each (rank, loader worker) pair is a "slot" with disjoint data: whole shards per slot when there are at
+least as many shards as slots, else every slot reads all shards and keeps the samples whose index in the
+stream falls to it. Order, crops and flips depend only on (seed, epoch, slot, index), so a run resumed at
+batch N replays the same stream from N (skipped batches are decoded but not augmented).
+
+Bad samples (undecodable members, a broken or missing shard) are skipped, counted and written with their
+shard, key and reason to `bad_dir/slot-XXXX.jsonl`; a slot that finds no readable sample at all stops with
+an error naming its shards rather than spinning forever.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from data_engine.sample import Sample, SampleError, decode
+from data_engine.shards import ShardError, expand, iter_members
+
+# ImageNet statistics: what MAE and Sapiens normalise with.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class PretrainDataConfig:
+    shards: str = ""  # shard files, folders or globs (local or pyarrow.fs URIs), comma-separated
+    crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])  # crop area / image area
+    crop_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333])  # crop aspect / output aspect
+    person_centred: bool = True  # crops contain the centre of a random detected person when there is one
+    flip_prob: float = 0.5
+    num_workers: int = 2  # loader processes per rank; 0 = read in the training process
+    shuffle_buffer: int = 256  # samples held for shuffling, per slot
+
+    def shard_patterns(self) -> list[str]:
+        return [p.strip() for p in self.shards.split(",") if p.strip()]
+
+
+# ------------------------------------------------------------------------------------------------- crops
+
+
+def person_boxes(sample: Sample) -> list[tuple[float, float, float, float]]:
+    """Person boxes (x0, y0, x1, y1) from the `json` member's detections, else from pose.json; bad ones dropped."""
+    raw = [p.get("bbox") for p in sample.meta.get("persons", []) if isinstance(p, dict)]
+    if not raw and sample.pose is not None:
+        raw = [p.bbox for p in sample.pose.persons]
+    boxes = []
+    for box in raw:
+        try:
+            x0, y0, x1, y1 = (float(v) for v in box)
+        except (TypeError, ValueError):
+            continue
+        if all(math.isfinite(v) for v in (x0, y0, x1, y1)) and x1 > x0 and y1 > y0:
+            boxes.append((x0, y0, x1, y1))
+    return boxes
+
+
+def crop_window(
+    rng: np.random.Generator,
+    width: int,
+    height: int,
+    out_hw: tuple[int, int],
+    scale: Sequence[float],
+    ratio: Sequence[float],
+    boxes: Sequence[tuple[float, float, float, float]] = (),
+) -> tuple[int, int, int, int]:
+    """A random crop (x0, y0, w, h) inside the image: area fraction in `scale`, aspect in `ratio` times the
+    output's; when `boxes` are given it contains the centre of one of them, chosen at random."""
+    target = out_hw[1] / out_hw[0]
+    for _ in range(10):
+        area = width * height * rng.uniform(scale[0], scale[1])
+        aspect = target * math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        w, h = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            break
+    else:  # thin images: the largest window of the output's aspect
+        w, h = (
+            (width, max(1, round(width / target)))
+            if width / height < target
+            else (max(1, round(height * target)), height)
+        )
+        w, h = min(w, width), min(h, height)
+    if boxes:
+        x0b, y0b, x1b, y1b = boxes[int(rng.integers(len(boxes)))]
+        cx = min(max((x0b + x1b) / 2, 0.0), width)
+        cy = min(max((y0b + y1b) / 2, 0.0), height)
+        x = rng.uniform(max(0.0, cx - w), min(width - w, cx))
+        y = rng.uniform(max(0.0, cy - h), min(height - h, cy))
+        return int(min(round(x), width - w)), int(min(round(y), height - h)), w, h
+    return int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h
+
+
+def augment(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    out_hw: tuple[int, int],
+    cfg: PretrainDataConfig,
+    boxes: Sequence[tuple[float, float, float, float]] = (),
+) -> np.ndarray:
+    """(H, W, 3) uint8 -> (3, out_h, out_w) uint8: random resized crop (person-centred) and horizontal flip."""
+    import cv2
+
+    h_img, w_img = image.shape[:2]
+    x, y, w, h = crop_window(
+        rng, w_img, h_img, out_hw, cfg.crop_scale, cfg.crop_ratio, boxes if cfg.person_centred else ()
+    )
+    crop = image[y : y + h, x : x + w]
+    shrink = w > out_hw[1] and h > out_hw[0]
+    crop = cv2.resize(crop, (out_hw[1], out_hw[0]), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+    if rng.random() < cfg.flip_prob:
+        crop = crop[:, ::-1]
+    return np.ascontiguousarray(crop.transpose(2, 0, 1))
+
+
+# ------------------------------------------------------------------------------------------------ stream
+
+
+class BadSampleLog:
+    """Each bad (shard, key) once, as a JSON line in `bad_dir/slot-XXXX.jsonl` (no file if none)."""
+
+    def __init__(self, bad_dir: str | None, slot: int) -> None:
+        self.path = None if bad_dir is None else os.path.join(bad_dir, f"slot-{slot:04d}.jsonl")
+        self.seen: set[tuple[str, str | None]] = set()
+
+    def record(self, shard: str, key: str | None, reason: str) -> None:
+        if (shard, key) in self.seen:
+            return
+        self.seen.add((shard, key))
+        if self.path is not None:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"shard": shard, "key": key, "reason": reason}) + "\n")
+
+
+def slot_samples(
+    paths: Sequence[str], slot: int, slots: int, seed: int, bad: BadSampleLog, shuffle_buffer: int = 0
+) -> Iterator[tuple[Sample, np.random.Generator]]:
+    """This slot's endless stream of (sample, its own augmentation RNG), epoch after epoch."""
+    epoch = 0
+    while True:
+        order = np.random.default_rng([seed, epoch]).permutation(len(paths))  # the same on every slot
+        by_shard = len(paths) >= slots
+        mine = [paths[i] for k, i in enumerate(order) if not by_shard or k % slots == slot]
+        buffer: list[Sample] = []
+        shuffle_rng = np.random.default_rng([seed, epoch, slot, 1])
+        index = good = 0
+        for sample in _decoded(mine, None if by_shard else (slot, slots), bad):
+            good += 1
+            if shuffle_buffer <= 1:
+                yield sample, np.random.default_rng([seed, epoch, slot, 2, index])
+                index += 1
+                continue
+            buffer.append(sample)
+            if len(buffer) >= shuffle_buffer:
+                j = int(shuffle_rng.integers(len(buffer)))
+                buffer[j], buffer[-1] = buffer[-1], buffer[j]
+                yield buffer.pop(), np.random.default_rng([seed, epoch, slot, 2, index])
+                index += 1
+        shuffle_rng.shuffle(buffer)
+        for sample in buffer:
+            yield sample, np.random.default_rng([seed, epoch, slot, 2, index])
+            index += 1
+        if good == 0:
+            raise RuntimeError(
+                f"data slot {slot} of {slots} found no readable sample in {len(mine)} shard(s) "
+                f"({', '.join(mine[:3])}{', ...' if len(mine) > 3 else ''}); bad samples: {bad.path}"
+            )
+        epoch += 1
+
+
+def _decoded(paths: Sequence[str], split: tuple[int, int] | None, bad: BadSampleLog) -> Iterator[Sample]:
+    """Decode the samples of `paths` (only index % slots == slot ones when `split`), recording bad ones."""
+    index = 0
+    for path in paths:
+        members_iter = iter_members(path)
+        while True:
+            try:
+                members = next(members_iter)
+            except StopIteration:
+                break
+            except ShardError as e:
+                bad.record(path, None, str(e))
+                break
+            mine = split is None or index % split[1] == split[0]
+            index += 1
+            if not mine:
+                continue
+            raw_key = members.get("__key__")
+            key = raw_key.decode(errors="replace") if isinstance(raw_key, bytes) else str(raw_key)
+            try:
+                yield decode(members)
+            except SampleError as e:
+                bad.record(path, key, str(e))
+
+
+def batch_stream(
+    paths: Sequence[str],
+    cfg: PretrainDataConfig,
+    img_size: tuple[int, int],
+    batch_size: int,
+    slot: int,
+    slots: int,
+    seed: int,
+    skip_batches: int = 0,
+    bad_dir: str | None = None,
+) -> Iterator[dict[str, object]]:
+    """One slot's batches {"images": (B, 3, H, W) uint8 tensor}, the first `skip_batches` passed over."""
+    import torch
+
+    bad = BadSampleLog(bad_dir, slot)
+    samples = slot_samples(paths, slot, slots, seed, bad, cfg.shuffle_buffer)
+    for _ in range(skip_batches * batch_size):
+        next(samples)
+    while True:
+        images = []
+        for _ in range(batch_size):
+            sample, rng = next(samples)
+            images.append(augment(sample.image, rng, img_size, cfg, person_boxes(sample)))
+        yield {"images": torch.from_numpy(np.stack(images))}
+
+
+def _skip_for(logical: int, workers: int, start_batch: int) -> int:
+    """Batches logical worker `logical` produced among the first `start_batch` (round-robin order)."""
+    return max(0, -(-(start_batch - logical) // workers))
+
+
+def pretrain_batches(
+    cfg: PretrainDataConfig,
+    img_size: tuple[int, int],
+    batch_size: int,
+    rank: int,
+    world_size: int,
+    seed: int,
+    start_batch: int = 0,
+    bad_dir: str | None = None,
+) -> Iterator[dict[str, object]]:
+    """This rank's batches through a DataLoader with `cfg.num_workers` processes (the engine's make_batches).
+
+    The DataLoader takes batches from its workers round-robin, starting at worker 0; on resume, physical
+    worker w plays logical worker (w + start_batch) % W so the output continues the uninterrupted order.
+    """
+    import torch
+
+    paths = expand(cfg.shard_patterns()) if cfg.shard_patterns() else []
+    if not paths:
+        raise FileNotFoundError("data.shards is empty: set data.shards=GLOB")
+    workers = max(cfg.num_workers, 0)
+    if workers == 0:
+        yield from batch_stream(paths, cfg, img_size, batch_size, rank, world_size, seed, start_batch, bad_dir)
+        return
+
+    class _Slots(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            info = torch.utils.data.get_worker_info()
+            logical = (info.id + start_batch) % workers
+            slot = rank * workers + logical
+            skip = _skip_for(logical, workers, start_batch)
+            return batch_stream(paths, cfg, img_size, batch_size, slot, world_size * workers, seed, skip, bad_dir)
+
+    loader = torch.utils.data.DataLoader(_Slots(), batch_size=None, num_workers=workers, prefetch_factor=2)
+    yield from loader
+
+
+def normalise(images, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+    """(B, 3, H, W) uint8 tensor -> float32 normalised with ImageNet statistics, on the same device."""
+    import torch
+
+    m = torch.tensor(mean, device=images.device).view(1, 3, 1, 1) * 255
+    s = torch.tensor(std, device=images.device).view(1, 3, 1, 1) * 255
+    return (images.float() - m) / s

@@ -1,0 +1,149 @@
+"""Consolidate a training run's checkpoint (any ZeRO stage, any world size) into one fp32 safetensors file.
+
+    hv train export-weights runs/mae                       # -> runs/mae/weights.safetensors (+ .yaml)
+    hv train export-weights runs/mae --part encoder --out vit.safetensors
+
+The file holds the model's state dict in fp32 and, in its metadata, the run's resolved config (also
+written beside it as YAML), so `load_vit(path)` / `load_into(model, path)` rebuild and fill a plain
+PyTorch model with no DeepSpeed.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Literal
+
+import torch
+from torch import nn
+
+Part = Literal["full", "encoder"]
+ENCODER_PREFIX = "encoder."
+
+
+def checkpoint_tag(run_dir: str, tag: str | None = None) -> tuple[str, str]:
+    """(checkpoints folder, tag): the newest checkpoint unless `tag` is given. Raises naming what is missing."""
+    root = os.path.join(run_dir, "checkpoints")
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"{run_dir}: no checkpoints/ folder (is this a training run?)")
+    if tag is None:
+        latest = os.path.join(root, "latest")
+        if not os.path.isfile(latest):
+            raise FileNotFoundError(f"{root}: no 'latest' file, so no complete checkpoint")
+        with open(latest) as f:
+            tag = f.read().strip()
+    if not os.path.isdir(os.path.join(root, tag)):
+        raise FileNotFoundError(f"{root}: checkpoint {tag!r} does not exist")
+    return root, tag
+
+
+def consolidated_state_dict(run_dir: str, tag: str | None = None) -> dict[str, torch.Tensor]:
+    """The fp32 weights of a checkpoint: ZeRO partitions merged; the plain module state without ZeRO."""
+    root, tag = checkpoint_tag(run_dir, tag)
+    folder = os.path.join(root, tag)
+    if glob.glob(os.path.join(folder, "*optim_states.pt")):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        state = get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
+    else:  # ZeRO stage 0: the module is saved whole (in the training dtype) by rank 0
+        path = os.path.join(folder, "mp_rank_00_model_states.pt")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{folder}: neither ZeRO optimizer shards nor mp_rank_00_model_states.pt")
+        state = torch.load(path, map_location="cpu", weights_only=False)["module"]
+    return {k: v.detach().float().contiguous().clone() for k, v in state.items()}
+
+
+def export_weights(run_dir: str, out: str | None = None, tag: str | None = None, part: Part = "full") -> str:
+    """Write the weights (+ config) of a run; returns the safetensors path."""
+    from safetensors.torch import save_file
+
+    state = consolidated_state_dict(run_dir, tag)
+    if part == "encoder":
+        state = {k[len(ENCODER_PREFIX) :]: v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}
+        if not state:
+            raise ValueError(f"{run_dir}: the checkpoint has no '{ENCODER_PREFIX}*' weights to export")
+    config_path = os.path.join(run_dir, "config.yaml")
+    config_text = ""
+    if os.path.isfile(config_path):
+        with open(config_path) as f:
+            config_text = f.read()
+    out = out or os.path.join(run_dir, "weights.safetensors" if part == "full" else "encoder.safetensors")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    meta = {"format": "humanvision", "part": part, "config": config_text, "source": os.path.abspath(run_dir)}
+    tmp = f"{out}.tmp-{os.getpid()}"
+    save_file(state, tmp, metadata=meta)
+    os.replace(tmp, out)
+    if config_text:
+        with open(os.path.splitext(out)[0] + ".yaml", "w") as f:
+            f.write(config_text)
+    return out
+
+
+def read_weights(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file {path!r} does not exist")
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})  # noqa: SIM118
+    except Exception as e:  # truncated or not a safetensors file
+        raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
+
+
+def load_into(model: nn.Module, path: str) -> None:
+    """Load a weights file into a model strictly: a backbone-only file goes into `model.encoder` or
+    `model.backbone` when the model has one; a full file must match the model's keys exactly."""
+    state, _ = read_weights(path)
+    target: nn.Module = model
+    own = set(model.state_dict())
+    if not own & set(state):
+        for attr in ("encoder", "backbone"):
+            sub = getattr(model, attr, None)
+            if isinstance(sub, nn.Module) and set(sub.state_dict()) & set(state):
+                target = sub
+                break
+    _fit_pos_embed(target, state)
+    target.load_state_dict(state, strict=True)
+
+
+def _fit_pos_embed(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Resample stored ViT position embeddings to the model's grid (e.g. 1024x1024 pretraining -> 1024x768)."""
+    from train.models.layers import resize_pos_embed
+
+    for key, value in list(state.items()):
+        if not key.endswith("pos_embed") or key not in model.state_dict():
+            continue
+        owner = model.get_submodule(key.rsplit(".", 1)[0]) if "." in key else model
+        grid = getattr(owner, "grid", None)
+        want = model.state_dict()[key].shape
+        if grid is None or value.shape == want:
+            continue
+        n = value.shape[1]
+        side = round(n**0.5)
+        if side * side != n:
+            raise ValueError(f"{key}: stored {tuple(value.shape)} is not a square grid; cannot resample to {want}")
+        state[key] = resize_pos_embed(value, (side, side), grid)
+
+
+def load_vit(path: str, img_size: tuple[int, int] | None = None):
+    """A plain ViT from an exported file: the arch comes from the config in its metadata."""
+    from omegaconf import OmegaConf
+
+    from train.models.vit import build_vit
+
+    _, meta = read_weights(path)
+    if not meta.get("config"):
+        raise ValueError(f"{path}: no config in the metadata; build the model yourself and use load_into()")
+    model_cfg = OmegaConf.create(meta["config"]).model
+    overrides = {"depth": int(model_cfg.depth)} if model_cfg.get("depth") else {}
+    vit = build_vit(str(model_cfg.arch), img_size=img_size or tuple(model_cfg.img_size), **overrides)
+    load_into(vit, path)
+    return vit
+
+
+def summary(path: str) -> str:
+    state, meta = read_weights(path)
+    params = sum(v.numel() for v in state.values())
+    return json.dumps({"path": path, "tensors": len(state), "params": params, "part": meta.get("part")})
