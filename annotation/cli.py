@@ -9,8 +9,8 @@
 
 The API key comes from LABEL_STUDIO_API_KEY only; the URL from --url or LABEL_STUDIO_URL. Every action
 takes `--config FILE` and `key=value` overrides (annotation/config.py); for push and predict
-write them among the shard paths, before the options: `hv annotate push a.tar batch_size=200 --project P ...`. Exit codes: 0 done,
-1 done but some samples were skipped (each listed with its reason), 2 failed (nothing half-written).
+write them among the shard paths, before the options: `hv annotate push a.tar batch_size=200 --project P`.
+Exit codes: 0 done, 1 done but some samples were skipped (each listed with its reason), 2 failed (nothing half-written).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The SDK's codec walks the bit stream as a Python string of '0'/'1' characters, one character per bit,
 and its encoder concatenates strings per run: fine for a few masks, slow for a pull of thousands of
-tasks x 28 classes (`benchmarks/annotation.py` measures the ratio). The format, MSB first:
+tasks x 28 classes (`benchmarks/annotation_rle.py` measures the ratio). The format, MSB first:
 
     32 bits  number of values N (the flattened RGBA layer: H * W * 4)
      5 bits  word size - 1 (8)
@@ -28,14 +28,14 @@ _MAX_RUN = 1 << 16
 def encode_mask(mask: np.ndarray) -> list[int]:
     """(H, W) bool or 0/255 mask -> Label Studio RLE (list of byte values) of its RGBA layer, where every
     channel of a painted pixel is 255, exactly as `label_studio_sdk.converter.brush.mask2rle` writes it."""
-    flat = np.where(np.asarray(mask).reshape(-1) > 0, 255, 0).astype(np.int64)
+    flat = np.asarray(mask).reshape(-1) > 0
     n_values = flat.size * 4
     if flat.size == 0:
         raise ValueError("cannot encode an empty mask")
     change = np.flatnonzero(flat[1:] != flat[:-1])
     ends = np.append(change, flat.size - 1)
     lengths = np.diff(np.append(-1, ends)) * 4  # RGBA repeats each pixel's value 4 times: runs scale by 4
-    values = flat[ends]
+    values = flat[ends].astype(np.int64) * 255
 
     # A run longer than 256 goes out as 16-bit chunks of 65536 and a remainder (the SDK's split).
     long_run = lengths > 256
