@@ -7,6 +7,7 @@ weight must fit (strict loading): a model that silently kept random heads would 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,10 +41,12 @@ def load_finetuned(checkpoint: str, device: str = "cpu") -> LoadedModel:
     from train.config import ConfigError
     from train.finetune import FinetuneConfig, build_model, read_embedded_config, resolve_weights_file
 
+    if not os.path.exists(checkpoint):
+        raise CheckpointError(f"checkpoint {checkpoint!r} does not exist")
     try:
         path = resolve_weights_file(checkpoint)
     except FileNotFoundError as e:
-        raise CheckpointError(str(e).replace("init ", "checkpoint ", 1)) from None
+        raise CheckpointError(f"checkpoint {checkpoint!r}: {e}") from None
     try:
         with safe_open(path, framework="pt") as f:
             state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)

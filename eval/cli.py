@@ -4,6 +4,7 @@
     hv eval seg --gt gt_seg/ --pred pred_seg/ [--vocab goliath28]
     hv eval depth --gt gt_depth/ --pred pred_depth/
     hv eval normal --gt gt_normal/ --pred pred_normal/
+    hv eval pose --checkpoint runs/pose/model.safetensors --shards 'val/*.tar' --out-dir runs/pose/eval flip_test=true
     hv eval report runs/pose-tiny eval/pose.json --out report.html
     hv export --checkpoint runs/multi/model.safetensors --format onnx --out model.onnx [--size 1024x768]
 
@@ -27,26 +28,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev_sub = ev.add_subparsers(dest="eval_command", metavar="ACTION", required=True)
 
     pose = ev_sub.add_parser("pose", help="COCO keypoint AP/AR with the Goliath OKS sigmas, per group")
-    pose.add_argument("--gt", required=True, help="COCO keypoint ground truth JSON")
-    pose.add_argument("--pred", required=True, help="COCO keypoint results JSON")
+    pose.add_argument("--gt", help="COCO keypoint ground truth JSON")
+    pose.add_argument("--pred", help="COCO keypoint results JSON")
     pose.add_argument("--keypoints", default=None, help="keypoint subset (default: inferred from the GT file)")
-    _add_out(pose)
+    _add_model_mode(pose)
     pose.set_defaults(func=_eval_pose)
 
     seg = ev_sub.add_parser("seg", help="mIoU / mAcc / aAcc over PNG class maps matched by name")
     _add_dirs(seg)
     seg.add_argument("--vocab", choices=("goliath28", "lip20"), default="goliath28")
-    _add_out(seg)
+    _add_model_mode(seg)
     seg.set_defaults(func=_eval_seg)
 
     depth = ev_sub.add_parser("depth", help="scale-and-shift aligned depth metrics over 16-bit mm PNGs")
     _add_dirs(depth)
-    _add_out(depth)
+    _add_model_mode(depth)
     depth.set_defaults(func=_eval_depth)
 
     normal = ev_sub.add_parser("normal", help="angular error of 16-bit RGB normal PNGs")
     _add_dirs(normal)
-    _add_out(normal)
+    _add_model_mode(normal)
     normal.set_defaults(func=_eval_normal)
 
     report = ev_sub.add_parser("report", help="a self-contained HTML page from runs and metric files")
@@ -65,12 +66,64 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_dirs(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--gt", required=True, help="folder of ground-truth PNGs")
-    p.add_argument("--pred", required=True, help="folder of predicted PNGs with the same file names")
+    p.add_argument("--gt", help="folder of ground-truth PNGs")
+    p.add_argument("--pred", help="folder of predicted PNGs with the same file names")
 
 
-def _add_out(p: argparse.ArgumentParser) -> None:
+def _add_model_mode(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="also write the JSON object to this file")
+    model = p.add_argument_group("from a model (instead of --gt/--pred)")
+    model.add_argument("--checkpoint", help="model.safetensors of hv train finetune, or its run folder")
+    model.add_argument(
+        "--shards", action="append", metavar="GLOB", help="held-out shards: a file, folder or quoted glob (repeatable)"
+    )
+    model.add_argument("--out-dir", default=None, help="write metrics.json, config.yaml and pictures/ here")
+    model.add_argument("--config", default=None, help="YAML eval config (configs/eval/eval.yaml)")
+    model.add_argument("overrides", nargs="*", metavar="key=value", help="eval config overrides")
+
+
+def _file_mode(args: argparse.Namespace) -> bool | None:
+    """True for --gt/--pred, False for --checkpoint/--shards; None (after printing why) for a bad mix."""
+    files = args.gt is not None or args.pred is not None
+    model = args.checkpoint is not None or args.shards is not None
+    if files and model:
+        print("hv eval: give either --gt/--pred or --checkpoint/--shards, not both", file=sys.stderr)
+        return None
+    if model:
+        if args.checkpoint is None or not args.shards:
+            print("hv eval: --checkpoint and --shards go together", file=sys.stderr)
+            return None
+        return False
+    if args.gt is None or args.pred is None:
+        print("hv eval: give --gt and --pred (files), or --checkpoint and --shards (a model)", file=sys.stderr)
+        return None
+    if args.overrides or args.config or args.out_dir:
+        print("hv eval: --config, --out-dir and key=value apply to --checkpoint runs only", file=sys.stderr)
+        return None
+    return True
+
+
+def _eval_model(task: str, args: argparse.Namespace) -> int:
+    from eval.checkpoint import CheckpointError
+    from eval.config import EvalConfig
+    from eval.metrics import MetricInputError
+    from eval.model_eval import evaluate_checkpoint
+    from train.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(EvalConfig, args.config, args.overrides)
+        result = evaluate_checkpoint(task, args.checkpoint, args.shards, cfg, args.out_dir)  # type: ignore[arg-type]
+    except (ConfigError, CheckpointError, MetricInputError) as e:
+        print(f"hv eval {task}: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a SampleError under bad_samples=raise names the shard and key
+        from data_engine.sample import SampleError
+
+        if isinstance(e, SampleError):
+            print(f"hv eval {task}: {e}", file=sys.stderr)
+            return 2
+        raise
+    return _emit(result, args.out)
 
 
 def _emit(result: dict[str, Any], out: str | None) -> int:
@@ -100,24 +153,44 @@ def _run_metric(fn, *args: Any, out: str | None) -> int:
 def _eval_pose(args: argparse.Namespace) -> int:
     from eval.metrics.pose import pose_metrics_from_files
 
+    mode = _file_mode(args)
+    if mode is None:
+        return 2
+    if not mode:
+        return _eval_model("pose", args)
     return _run_metric(pose_metrics_from_files, args.gt, args.pred, args.keypoints, out=args.out)
 
 
 def _eval_seg(args: argparse.Namespace) -> int:
     from eval.metrics.seg import seg_metrics_from_files
 
+    mode = _file_mode(args)
+    if mode is None:
+        return 2
+    if not mode:
+        return _eval_model("seg", args)
     return _run_metric(seg_metrics_from_files, args.gt, args.pred, args.vocab, out=args.out)
 
 
 def _eval_depth(args: argparse.Namespace) -> int:
     from eval.metrics.depth import depth_metrics_from_files
 
+    mode = _file_mode(args)
+    if mode is None:
+        return 2
+    if not mode:
+        return _eval_model("depth", args)
     return _run_metric(depth_metrics_from_files, args.gt, args.pred, out=args.out)
 
 
 def _eval_normal(args: argparse.Namespace) -> int:
     from eval.metrics.normal import normal_metrics_from_files
 
+    mode = _file_mode(args)
+    if mode is None:
+        return 2
+    if not mode:
+        return _eval_model("normal", args)
     return _run_metric(normal_metrics_from_files, args.gt, args.pred, out=args.out)
 
 

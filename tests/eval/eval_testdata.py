@@ -136,3 +136,25 @@ def write_finetuned_checkpoint(
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, path, metadata={"config": to_yaml(cfg), "format": "finetune"})
     return path
+
+
+def labelled_sample(rng: np.random.Generator, key: str, size: tuple[int, int] = (40, 32), keypoint_set: str = "all"):
+    """A Sample with every label: one person (box + keypoints of `keypoint_set`), seg, depth, normal, mask."""
+    from data_engine.sample import PersonPose, Pose, Sample
+
+    h, w = size
+    image = rng.integers(0, 255, (h, w, 3)).astype(np.uint8)
+    mask = np.zeros((h, w), bool)
+    mask[h // 8 : h - h // 8, w // 6 : w - w // 6] = True
+    k = len(schema.subset(keypoint_set))
+    kps = np.zeros((k, 3), np.float32)
+    kps[:, 0] = rng.uniform(w / 6, w - w / 6, k)
+    kps[:, 1] = rng.uniform(h / 8, h - h / 8, k)
+    kps[:, 2] = rng.choice([0, 1, 2], k, p=[0.1, 0.2, 0.7])
+    kps[kps[:, 2] == 0, :2] = 0
+    seg = np.where(mask, rng.integers(1, 28, (h, w)), 0).astype(np.uint8)
+    depth = np.where(mask, rng.uniform(1.0, 3.0, (h, w)), 0).astype(np.float32)
+    normal = random_normals(rng, (h, w), background=0.0)
+    normal[~mask] = 0
+    pose = Pose(keypoint_set, [PersonPose(bbox=(w / 6, h / 8, w - w / 6, h - h / 8), keypoints=kps)])
+    return Sample(key=key, image=image, pose=pose, seg=seg, depth=depth, normal=normal, mask=mask)
