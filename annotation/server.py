@@ -56,7 +56,10 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
+    """Nothing listens on it. SO_REUSEADDR: a just-stopped server leaves TIME_WAIT sockets that Label Studio
+    itself would bind over; a listening socket still makes the bind fail."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((LOOPBACK, port))
         except OSError:

@@ -54,7 +54,7 @@ def test_serve_starts_on_loopback_prints_login_and_stops_on_ctrl_c(tmp_path):
     assert f"Label Studio is up: {url}" in output
     assert f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={data_dir / 'media'}" in output
     assert TEST_TOKEN not in output
-    assert port_is_free(port)  # the whole process group is gone
+    assert token_accepted(url, TEST_TOKEN) is None and port_is_free(port)  # the whole process group is gone
 
 
 def test_serve_refuses_a_taken_port_and_a_missing_key(tmp_path, monkeypatch, capsys):
