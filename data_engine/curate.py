@@ -165,6 +165,10 @@ def _blocks(table: pa.Table, rows_per_block: int) -> list[pa.Table]:
     return [table.slice(i, rows_per_block) for i in range(0, table.num_rows, rows_per_block)] or [table]
 
 
+def _one_cpu() -> dict[str, Any]:
+    return {"num_cpus": 1}
+
+
 def analysis_dataset(uris: list[str], cfg: CurateConfig):
     import ray
 

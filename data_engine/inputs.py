@@ -125,8 +125,11 @@ def _read_list(stream, name: str, uri_column: str) -> Iterator[str]:
 def _expand_remote(item: str, exts: tuple[str, ...], uri_column: str) -> Iterator[str]:
     from pyarrow import fs
 
+    # For a glob, open the folder before its first wildcard and list it recursively.
+    first_wildcard = min((item.find(c) for c in _GLOB_CHARS if c in item), default=len(item))
+    head = item if first_wildcard == len(item) else item[: item.rfind("/", 0, first_wildcard) + 1]
     try:
-        filesystem, inner = fs.FileSystem.from_uri(item.split("*")[0].split("?")[0].split("[")[0] or item)
+        filesystem, inner = fs.FileSystem.from_uri(head)
     except Exception as e:
         raise InputError(f"input {item!r}: pyarrow.fs cannot open it ({e})") from None
     scheme = item.split("://", 1)[0]
