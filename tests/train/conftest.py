@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import tarfile
 
 import numpy as np
 import pytest
@@ -47,7 +47,8 @@ def broken_shards(tmp_path) -> tuple[str, int]:
         writer.write(members)
         writer.write(make_sample(101))
     truncated = write_shards(str(folder / "cut"), 4, 4, start=200)[0]
-    size = os.path.getsize(truncated)
+    with tarfile.open(truncated) as tar:
+        third_sample = tar.getmembers()[4].offset  # two members (json, png) per sample
     with open(truncated, "r+b") as f:
-        f.truncate(size // 2)
-    return str(folder / "*.tar"), 8 + 1
+        f.truncate(third_sample + 512 + 10)  # inside a member: the reader must notice
+    return str(folder / "*.tar"), 8 + 1 + 2

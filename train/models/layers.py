@@ -8,6 +8,7 @@ kernels on GPU and a fused C++ kernel on CPU.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -130,3 +131,13 @@ def init_weights(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+def gathered(params: list[nn.Parameter]) -> contextlib.AbstractContextManager:
+    """Whole parameters inside the block, written back after it, under `deepspeed.zero.Init` (ZeRO-3
+    partitions each submodule's weights as soon as it is built); a no-op otherwise."""
+    if not any(hasattr(p, "ds_id") for p in params):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=0)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from train.models.layers import Block, init_weights, sincos_pos_embed
+from train.models.layers import Block, gathered, init_weights, sincos_pos_embed
 from train.models.vit import ViT, ViTConfig, count_params, vit_flops
 
 
@@ -84,15 +84,22 @@ class MAE(nn.Module):
         self._grid = grid
         if self.mask_token.device.type != "meta":
             self.decoder_pos_embed.copy_(sincos_pos_embed(decoder.dim, grid).unsqueeze(0))
-            nn.init.normal_(self.mask_token, std=0.02)
-            for module in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred):
-                module.apply(init_weights)
+            decoder_modules = (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred)
+            own = [self.mask_token] + [p for m in decoder_modules for p in m.parameters()]
+            with gathered(own), torch.no_grad():
+                nn.init.normal_(self.mask_token, std=0.02)
+                for module in decoder_modules:
+                    module.apply(init_weights)
 
     def layer_id(self, name: str) -> int:
         """Encoder layers as the ViT numbers them; the whole decoder is the last layer."""
         if name.startswith("encoder."):
             return self.encoder.layer_id(name[len("encoder.") :])
         return self.encoder.num_layers - 1
+
+    @property
+    def num_layers(self) -> int:
+        return self.encoder.num_layers
 
     def forward(
         self, images: torch.Tensor, noise: torch.Tensor | None = None

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from train.models.layers import Block, PatchEmbed, init_weights, resize_pos_embed, sincos_pos_embed
+from train.models.layers import Block, PatchEmbed, gathered, init_weights, resize_pos_embed, sincos_pos_embed
 
 
 @dataclass(frozen=True)
@@ -89,13 +89,13 @@ class ViT(nn.Module):
     def reset_parameters(self) -> None:
         if self.pos_embed.device.type == "meta":
             return
-        with torch.no_grad():
+        with gathered(list(self.parameters())), torch.no_grad():
             self.pos_embed.copy_(sincos_pos_embed(self.embed_dim, self.grid).unsqueeze(0))
             w = self.patch_embed.proj.weight
             nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # as a linear layer over the flattened patch (MAE)
             nn.init.zeros_(self.patch_embed.proj.bias)
-        self.blocks.apply(init_weights)
-        init_weights(self.norm)
+            self.blocks.apply(init_weights)
+            init_weights(self.norm)
 
     # ------------------------------------------------------------------------------------------ forward
 
