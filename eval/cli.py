@@ -6,6 +6,7 @@
     hv eval normal --gt gt_normal/ --pred pred_normal/
     hv eval pose --checkpoint runs/pose/model.safetensors --shards 'val/*.tar' --out-dir runs/pose/eval flip_test=true
     hv eval report runs/pose-tiny eval/pose.json --out report.html
+    hv predict --checkpoint runs/multi/model.safetensors photos/ 'val/*.tar' --out preds/ [--boxes boxes.json]
     hv export --checkpoint runs/multi/model.safetensors --format onnx --out model.onnx [--size 1024x768]
 
 Each metric command prints one JSON object on stdout (and writes it with `--out`); bad input exits 2
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from typing import Any
 
@@ -56,6 +58,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     report.add_argument("--title", default="humanvision evaluation report")
     report.set_defaults(func=_eval_report)
 
+    predict = subparsers.add_parser("predict", help="run a fine-tuned model on images or shards and draw it")
+    predict.add_argument(
+        "--checkpoint", required=True, help="model.safetensors of hv train finetune, or its run folder"
+    )
+    predict.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="IMAGES_OR_SHARDS",
+        help="image files, folders, .tar shards or quoted globs; key=value items are config overrides",
+    )
+    predict.add_argument("--out", required=True, help="output folder")
+    predict.add_argument("--boxes", default=None, help="JSON {image name or key: [[x0, y0, x1, y1(, score)], ...]}")
+    predict.add_argument("--config", default=None, help="YAML predict config (configs/eval/predict.yaml)")
+    predict.set_defaults(func=_predict)
+    # Inputs and key=value overrides may sit on either side of --out/--boxes, as users type them.
+    predict.__class__ = _IntermixedParser
+
     export = subparsers.add_parser("export", help="export a fine-tuned model to ONNX or TorchScript, checked vs eager")
     export.add_argument("--checkpoint", required=True, help="model.safetensors of hv train finetune, or its run folder")
     export.add_argument("--format", required=True, choices=("onnx", "torchscript"))
@@ -63,6 +82,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--size", default=None, metavar="HxW", help="input size (default: the training size)")
     export.add_argument("--tolerance", type=float, default=1e-4, help="max abs difference to eager allowed")
     export.set_defaults(func=_export)
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """A subcommand parser that accepts positionals between options (`IMG --out DIR key=value`): plain argparse
+    gives all positionals of one `nargs="+"` argument in one run, and `hv` calls parse_args, not the
+    intermixed variant, so the subparser does it itself."""
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self._inside:  # parse_known_intermixed_args calls back into this method
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
 
 
 def _add_dirs(p: argparse.ArgumentParser) -> None:
@@ -80,6 +116,7 @@ def _add_model_mode(p: argparse.ArgumentParser) -> None:
     model.add_argument("--out-dir", default=None, help="write metrics.json, config.yaml and pictures/ here")
     model.add_argument("--config", default=None, help="YAML eval config (configs/eval/eval.yaml)")
     model.add_argument("overrides", nargs="*", metavar="key=value", help="eval config overrides")
+    p.__class__ = _IntermixedParser
 
 
 def _file_mode(args: argparse.Namespace) -> bool | None:
@@ -222,3 +259,43 @@ def _export(args: argparse.Namespace) -> int:
         f"{result.input_size[1]}, max |exported - eager| = {worst:.2e}; described in {result.metadata_path}"
     )
     return 0
+
+
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+
+
+def split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
+    """(inputs, key=value overrides): an item is an override when it reads key=value and is not a path."""
+    inputs, overrides = [], []
+    for item in items:
+        (overrides if _OVERRIDE.match(item) and not os.path.exists(item) else inputs).append(item)
+    return inputs, overrides
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from eval.checkpoint import CheckpointError
+    from eval.config import PredictConfig
+    from eval.predict import PredictInputError, predict
+    from train.config import ConfigError, load_config
+
+    inputs, overrides = split_overrides(args.inputs)
+    try:
+        cfg = load_config(PredictConfig, args.config, overrides)
+        if not inputs:
+            raise PredictInputError("no input images or shards given")
+        index = predict(args.checkpoint, inputs, args.out, cfg, args.boxes)
+    except (ConfigError, CheckpointError, PredictInputError) as e:
+        print(f"hv predict: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        from data_engine.detect import DetectorError
+
+        if isinstance(e, DetectorError):
+            print(f"hv predict: {e}", file=sys.stderr)
+            return 2
+        raise
+    failed = index["failed"]
+    print(f"{len(index['predicted'])} predicted, {len(failed)} failed -> {args.out} (index.json lists each)")
+    for bad in failed[:10]:
+        print(f"  failed: {bad['source']}: {bad['reason']}", file=sys.stderr)
+    return 0 if index["predicted"] or not failed else 1

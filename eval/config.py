@@ -9,9 +9,10 @@ config is saved beside the outputs as `config.yaml`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
+from data_engine.curate_config import DetectorConfig
 from train.config import ConfigError
 
 
@@ -45,17 +46,30 @@ class EvalConfig:
             raise ConfigError(f"keypoint_threshold must be in [0, 1], got {self.keypoint_threshold}")
 
 
+class BoxSource(str, Enum):
+    auto = "auto"  # the --boxes file's entry, else the shard's json.persons (curation detector), else whole image
+    detector = "detector"  # run the curation person detector (`detector.*`, as in hv curate)
+    image = "image"  # one box: the whole image
+
+
 @dataclass
 class PredictConfig:
     batch_size: int = 8
     device: Device = Device.auto
     flip_test: bool = False
-    keypoint_threshold: float = 0.3  # points drawn above this score
+    keypoint_threshold: float = 0.3  # keypoints drawn above this score
     bad_samples: BadSamples = BadSamples.skip
+    tasks: list[str] = field(default_factory=list)  # empty: every head of the model
+    box_source: BoxSource = BoxSource.auto
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    write_maps: bool = True  # seg/depth/normal PNGs in the sample-contract encodings, beside the pictures
 
     def validate(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        bad = [t for t in self.tasks if t not in ("pose", "seg", "depth", "normal")]
+        if bad:
+            raise ConfigError(f"tasks {bad}: each must be one of pose, seg, depth, normal")
 
 
 def resolve_device(device: Device) -> str:
