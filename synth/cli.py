@@ -14,13 +14,32 @@ import sys
 PREVIEW = "preview"
 
 
+class _InputsAnywhereParser(argparse.ArgumentParser):
+    """Lets scans and `key=value` overrides come after the options (`hv synth a.obj --out o views=8`).
+
+    argparse fills a `nargs="*"` positional from the first run of positionals only and calls the rest
+    unrecognised; this parser hands those back to `inputs` instead (options stay strict).
+    """
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        namespace, extras = super().parse_known_args(args, namespace)
+        stray = [a for a in extras if not a.startswith("-")]
+        namespace.inputs = list(getattr(namespace, "inputs", None) or []) + stray
+        return namespace, [a for a in extras if a.startswith("-")]
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "synth",
-        help="render synthetic ground truth from scans and parametric bodies",
-        description="Render scans (OBJ/GLB/GLTF/PLY) and random anny bodies into WebDataset shards. "
-        "`hv synth preview DIR --out sheet.png` draws a contact sheet of a few samples instead.",
-    )
+    parser_class = subparsers._parser_class
+    subparsers._parser_class = _InputsAnywhereParser  # only for this one subcommand
+    try:
+        p = subparsers.add_parser(
+            "synth",
+            help="render synthetic ground truth from scans and parametric bodies",
+            description="Render scans (OBJ/GLB/GLTF/PLY) and random anny bodies into WebDataset shards. "
+            "`hv synth preview DIR --out sheet.png` draws a contact sheet of a few samples instead.",
+        )
+    finally:
+        subparsers._parser_class = parser_class
     p.add_argument("inputs", nargs="*", metavar="SCAN_OR_DIR | key=value", help="scans, folders of scans, overrides")
     p.add_argument("--out", required=True, help="output folder (sample sheet PNG for `preview`)")
     p.add_argument("--views", type=int, help="views per scan or body")

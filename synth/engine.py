@@ -17,7 +17,6 @@ with the same keys and no duplicates.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 import re
@@ -230,10 +229,17 @@ class RenderWorker:
 
 
 def _delete_shards(prefix: str) -> None:
-    pattern = re.compile(re.escape(os.path.basename(prefix)) + r"-\d{6}\.tar$")
-    for path in glob.glob(glob.escape(prefix) + "-*.tar"):
-        if pattern.match(os.path.basename(path)):
-            os.remove(path)
+    """Remove every shard of one subject, complete or temporary (ShardWriter keeps `.{name}.tmp-*` files
+    until it finishes; with an explicit start index it does not sweep old ones itself)."""
+    base = re.escape(os.path.basename(prefix))
+    pattern = re.compile(rf"^(\.)?{base}-\d{{6}}\.tar(\.tmp-[0-9a-f]+)?$")
+    folder = os.path.dirname(prefix)
+    if not os.path.isdir(folder):
+        return
+    for name in os.listdir(folder):
+        match = pattern.match(name)
+        if match and bool(match.group(1)) == bool(match.group(2)):  # hidden iff temporary
+            os.remove(os.path.join(folder, name))
 
 
 # ---------------------------------------------------------------------------------------------- the job

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -47,6 +48,9 @@ def scan_dir(tmp_path):
     bob = make_person(1.6, 0.25)
     bob.apply_transform(trimesh.transformations.rotation_matrix(-np.pi / 2, [1, 0, 0]))  # z up -> y up
     bob.export(folder / "bob.glb")
+    # bob is y-up while the job says z-up: his sidecar corrects it, and gives two landmarks (file units).
+    sidecar = {"up_axis": "y", "landmarks": {"nose": [0.0, 0.5, 0.25], "left_ear": [0.0, 0.5, -0.25]}}
+    (folder / "bob.json").write_text(json.dumps(sidecar))
     return folder
 
 
