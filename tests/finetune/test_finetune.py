@@ -105,7 +105,7 @@ def test_pose_overfits_and_predicts_flip_consistently(tmp_path, shards, samples)
 def test_seg_overfits_and_predicts_flip_consistently(tmp_path, shards, samples) -> None:
     from train.predictor import Predictor
 
-    result, rows = train("seg", str(tmp_path / "run"), shards, 100)
+    _, rows = train("seg", str(tmp_path / "run"), shards, 100)
     assert loss_drop(rows) >= 5
     predictor = Predictor(str(tmp_path / "run" / "model.safetensors"))
     lut = schema.vocabulary("goliath28").flip_lut()
@@ -145,7 +145,8 @@ def test_normal_overfits(tmp_path, shards, samples) -> None:
     assert loss_drop(rows) >= 5
     images = [s.image for s in samples]
     predictor = Predictor(str(tmp_path / "run"))
-    for s, p, m in zip(samples, predictor.dense(images), predictor.dense([im[:, ::-1].copy() for im in images])):
+    mirrored = predictor.dense([im[:, ::-1].copy() for im in images])
+    for s, p, m in zip(samples, predictor.dense(images), mirrored, strict=True):
         valid = s.mask
         cos = np.clip((p.normal[valid] * s.normal[valid]).sum(-1), -1, 1)
         assert np.degrees(np.arccos(cos)).mean() < 15
