@@ -152,17 +152,40 @@ class _PoseScorer(_Scorer):
         self.preds: list[dict[str, Any]] = []
 
     def add(self, sample: Sample, pictures: _PictureWriter) -> None:
-        from eval.inference import map_keypoints
-
         if sample.pose is None or not sample.pose.persons:
             self.skipped["no pose.json or no person"] += 1
             return
+        usable = [p for p in sample.pose.persons if p.bbox[2] > p.bbox[0] and p.bbox[3] > p.bbox[1]]
+        if len(usable) < len(sample.pose.persons):
+            # A top-down model cannot crop an empty box; the person is not scored, and said so.
+            self.skipped["person with an empty box"] += len(sample.pose.persons) - len(usable)
+            if not usable:
+                return
+            sample.pose.persons = usable
+        self.pending.append(sample)
+        if len(self.pending) >= self.cfg.batch_size:
+            self.flush(pictures)
+
+    def flush(self, pictures: _PictureWriter) -> None:
+        if not self.pending:
+            return
+        boxes = [[p.bbox for p in s.pose.persons] for s in self.pending]  # type: ignore[union-attr]
+        for sample, predicted in zip(
+            self.pending, self.runner.pose_many([s.image for s in self.pending], boxes), strict=True
+        ):
+            self._score(sample, predicted, pictures)
+        self.pending = []
+
+    def _score(self, sample: Sample, predicted: np.ndarray, pictures: _PictureWriter) -> None:
+        """Add one sample's ground truth and predictions (N, K, 3) to the COCO sets."""
+        from eval.inference import map_keypoints
+
+        assert sample.pose is not None
         image_id = len(self.gt["images"]) + 1
         self.gt["images"].append(
             {"id": image_id, "file_name": sample.key, "width": sample.width, "height": sample.height}
         )
         boxes = [p.bbox for p in sample.pose.persons]
-        predicted = self.runner.pose(sample.image, boxes)  # (N, K, 3)
         gt_all = []
         for person, pred in zip(sample.pose.persons, predicted, strict=True):
             kps = map_keypoints(np.asarray(person.keypoints, np.float64), sample.pose.keypoint_set, self.keypoint_set)

@@ -10,54 +10,10 @@ import pytest
 from eval_testdata import labelled_sample, write_finetuned_checkpoint
 
 from data_engine import schema
+from data_engine.sample import PersonPose
 from data_engine.shards import ShardWriter
-from eval.inference import ModelRunner, keypoints_from_heatmaps, map_keypoints, output_to_image
+from eval.inference import map_keypoints
 from humanvision_cli import main
-from train.transforms import warp
-from train.transforms.dense import DenseParams, dense_matrix
-from train.transforms.pose import TopDownParams, topdown_item
-
-
-def test_heatmap_decoding_returns_to_image_coordinates() -> None:
-    """Targets made by the training pipeline for known points decode back to those points through our path."""
-    rng = np.random.default_rng(0)
-    image = np.zeros((120, 90, 3), np.uint8)
-    params = TopDownParams(input_size=(64, 48), sigma=2.0)
-    inside = rng.uniform([32, 42], [58, 88], (17, 2))  # well inside the crop, off the heatmap border
-    kps = np.concatenate([inside, np.full((17, 1), 2.0)], axis=1)
-    item = topdown_item(image, kps, (20, 25, 70, 105), schema.subset_flip_indices("coco17"), params)
-    got = keypoints_from_heatmaps(item.heatmaps[None], [item.matrix], params)
-    np.testing.assert_allclose(got[0, :, :2], kps[:, :2], atol=0.5)
-    assert np.all(got[0, :, 2] > 0.9)
-
-
-@pytest.mark.parametrize("stride", [1, 2])
-def test_dense_output_returns_to_the_image_grid(stride: int) -> None:
-    """A map pushed into the model's view (as the training pipeline does) comes back onto the image grid."""
-    h, w = 60, 44
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    smooth = np.stack([xx / w, yy / h, (xx + yy) / (w + h)], axis=-1)  # (H, W, 3) ramps
-    input_size = (32, 32)
-    matrix = dense_matrix(h, w, DenseParams(input_size=input_size))
-    out_size = (input_size[0] // stride, input_size[1] // stride)
-    view = warp(smooth, matrix / stride, out_size, "linear")  # what a perfect head would output
-    back = output_to_image(view.transpose(2, 0, 1), matrix, input_size, (h, w))
-    assert back.shape == (h, w, 3)
-    inner = (slice(2, -2), slice(2, -2))  # the outermost pixels interpolate against the letterbox border
-    assert np.abs(back[inner] - smooth[inner]).max() < 0.05 * stride
-
-
-def test_flip_test_undoes_the_mirror_for_seg_normal_and_pose(tmp_path) -> None:
-    runner = ModelRunner(_load(write_finetuned_checkpoint(str(tmp_path / "m.safetensors"), "multi", (32, 32))))
-    rng = np.random.default_rng(1)
-    logits = rng.standard_normal((1, 28, 6, 5)).astype(np.float32)
-    lut = schema.vocabulary("goliath28").flip_lut()[:28]
-    mirrored = logits[:, lut][..., ::-1]  # what a flip-equivariant model says about the mirrored image
-    np.testing.assert_array_equal(runner._unflip("seg", mirrored), logits)
-    normals = rng.standard_normal((1, 3, 6, 5)).astype(np.float32)
-    mirrored = normals[..., ::-1].copy()
-    mirrored[:, 0] *= -1
-    np.testing.assert_array_equal(runner._unflip("normal", mirrored), normals)
 
 
 def test_map_keypoints_by_name() -> None:
@@ -71,12 +27,6 @@ def test_map_keypoints_by_name() -> None:
     assert np.count_nonzero(back[:, 2]) == 1  # the 291 points coco17 lacks come back unlabelled
 
 
-def _load(path: str):
-    from eval.checkpoint import load_finetuned
-
-    return load_finetuned(path)
-
-
 @pytest.fixture(scope="module")
 def eval_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("modeleval")
@@ -84,7 +34,11 @@ def eval_data(tmp_path_factory):
     rng = np.random.default_rng(3)
     with ShardWriter(str(root / "val" / "val"), max_count=3) as writer:
         for i in range(5):
-            writer.write(labelled_sample(rng, f"{i:04x}", keypoint_set="all"))
+            sample = labelled_sample(rng, f"{i:04x}", keypoint_set="all")
+            if i == 0:  # a second person with a zero-width box: cannot be cropped, counted under skipped
+                first = sample.pose.persons[0]
+                sample.pose.persons.append(PersonPose(bbox=(5.0, 5.0, 5.0, 9.0), keypoints=first.keypoints.copy()))
+            writer.write(sample)
         bare = labelled_sample(rng, "beef")
         bare.pose = bare.seg = bare.depth = bare.normal = None
         writer.write(bare)  # no labels: counted under skipped
@@ -118,7 +72,9 @@ def test_eval_pose_from_checkpoint_reproducible_from_files(eval_data, capsys) ->
     code, stdout, stderr = _hv([*argv, "flip_test=true", "pictures=2", "batch_size=2"], capsys)
     assert code == 0, stderr
     result = json.loads(stdout)
-    assert result["samples_scored"] == 5 and result["skipped"] == {"no pose.json or no person": 1}
+    assert result["samples_scored"] == 5
+    assert result["skipped"] == {"no pose.json or no person": 1, "person with an empty box": 1}
+    assert result["persons"] == 5
     assert [b["key"] for b in result["bad_samples"]] == ["dead"]
     assert result["keypoints"] == "coco17" and result["model"]["flip_test"] is True
     assert 0.0 <= result["AP"] <= 1.0
@@ -132,6 +88,12 @@ def test_eval_pose_from_checkpoint_reproducible_from_files(eval_data, capsys) ->
     assert code == 0
     again = json.loads(stdout)
     assert {k: again[k] for k in ("AP", "AR", "groups")} == {k: result[k] for k in ("AP", "AR", "groups")}
+    # flip_test=true really runs the mirrored crops: the keypoints differ from a run without it.
+    plain = root / "eval-pose-noflip"
+    code, _, _ = _hv([*argv[:-1], str(plain), "flip_test=false"], capsys)
+    flipped_kps = json.loads((out / "pred_coco.json").read_text())[0]["keypoints"]
+    plain_kps = json.loads((plain / "pred_coco.json").read_text())[0]["keypoints"]
+    assert code == 0 and flipped_kps != plain_kps
 
 
 @pytest.mark.slow

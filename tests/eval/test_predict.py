@@ -11,10 +11,9 @@ from PIL import Image
 
 from data_engine.sample import decode_depth, decode_normal, decode_seg
 from data_engine.shards import ShardWriter
-from eval.checkpoint import load_finetuned
 from eval.cli import split_overrides
-from eval.inference import ModelRunner
 from humanvision_cli import main
+from train.predictor import Predictor
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +70,8 @@ def test_predict_images_and_shards(predict_inputs, capsys) -> None:
     assert seg_b.shape == depth_b.shape == normal_b.shape[:2] == (30, 50)
     assert np.all(depth_b > 0)
     image_b = np.asarray(Image.open(root / "photos" / "b.png").convert("RGB"))
-    direct = ModelRunner(load_finetuned(ckpt)).dense([image_b])[0]
-    np.testing.assert_array_equal(seg_b, direct["seg"])
+    direct = Predictor(ckpt).dense([image_b])[0]
+    np.testing.assert_array_equal(seg_b, direct.seg)
     assert {p.name for p in (out / "pictures").iterdir()} == {"a.png", "b.png", "abc1.png"}
     picture = np.asarray(Image.open(out / "pictures" / "a.png"))
     assert picture.shape[1] > 4 * 40  # image, pose, seg + legend, depth, normal side by side
