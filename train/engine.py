@@ -66,6 +66,7 @@ class FitResult:
     last_loss: float | None
     checkpoint: str | None  # the newest checkpoint folder
     metrics: str  # path of metrics.jsonl
+    model: nn.Module | None = None  # the trained module (ZeRO-3: partitioned; gather to read it)
 
 
 # -------------------------------------------------------------------------------------- distributed set-up
@@ -458,5 +459,9 @@ def fit(
     if newest is None and resume_from is not None:
         newest = os.path.join(*resume_from)
     return FitResult(
-        step=max(start_step, cfg.steps), last_loss=last_loss, checkpoint=newest, metrics=f"{out_dir}/metrics.jsonl"
+        step=max(start_step, cfg.steps),
+        last_loss=last_loss,
+        checkpoint=newest,
+        metrics=f"{out_dir}/metrics.jsonl",
+        model=engine.module,
     )
