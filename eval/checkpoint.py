@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+_MODEL_SECTIONS = ("task", "tasks", "model", "pose", "seg")
+
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names the file and what is wrong."""
@@ -61,8 +63,11 @@ def load_finetuned(checkpoint: str, device: str = "cpu") -> LoadedModel:
             f"checkpoint {path}: no fine-tuning config inside or beside it; a pretraining export has no heads "
             "(fine-tune it with hv train finetune first)"
         )
+    # Only the sections that shape the model and its inputs: the training data, optimiser and DeepSpeed settings
+    # of the run do not matter here, and a checkpoint must stay loadable when those sections change shape.
+    relevant = {k: raw[k] for k in _MODEL_SECTIONS if k in raw}
     try:
-        config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(FinetuneConfig), raw))
+        config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(FinetuneConfig), relevant))
         config.validate()
     except ConfigError as e:
         raise CheckpointError(f"checkpoint {path}: embedded config: {e}") from None

@@ -217,10 +217,16 @@ class _PoseScorer(_Scorer):
             )
         self.count += 1
         if pictures.wanted:
-            from eval.visualize import draw_pose
+            from eval.visualize import display_scale, draw_pose, enlarge
 
-            gt_vis = draw_pose(sample.image, gt_all, self.keypoint_set, 0.5, boxes)
-            pred_vis = draw_pose(sample.image, list(predicted), self.keypoint_set, self.cfg.keypoint_threshold, boxes)
+            # Small images are enlarged before drawing, so the skeleton is drawn at the picture's resolution.
+            f = display_scale(sample.height)
+            big = enlarge(sample.image, f)
+            big_boxes = [[v * f for v in b] for b in boxes]
+            gt_vis = draw_pose(big, [_scaled(k, f) for k in gt_all], self.keypoint_set, 0.5, big_boxes)
+            pred_vis = draw_pose(
+                big, [_scaled(k, f) for k in predicted], self.keypoint_set, self.cfg.keypoint_threshold, big_boxes
+            )
             pictures.write(sample.key, [gt_vis, pred_vis], ["ground truth", "prediction"])
 
     def result(self) -> dict[str, Any]:
@@ -231,6 +237,13 @@ class _PoseScorer(_Scorer):
     def write_files(self, out_dir: str) -> None:
         _write_json(os.path.join(out_dir, "gt_coco.json"), self.gt)
         _write_json(os.path.join(out_dir, "pred_coco.json"), self.preds)
+
+
+def _scaled(keypoints: np.ndarray, factor: float) -> np.ndarray:
+    """(K, 3) keypoints with x, y multiplied by factor (continuous coordinates scale about the origin corner)."""
+    out = np.array(keypoints, dtype=np.float64, copy=True)
+    out[:, :2] *= factor
+    return out
 
 
 class _DenseScorer(_Scorer):

@@ -244,12 +244,24 @@ def _write_pose(out_dir, name, keypoint_set, person_boxes, keypoints, source, cf
 
 def _write_outputs(out_dir, item: InputImage, maps, person_boxes, keypoints, runner, cfg: PredictConfig) -> None:
     from data_engine.sample import MAX_DEPTH_M, encode_depth, encode_normal, encode_seg
-    from eval.visualize import colorize_depth, draw_pose, normal_to_rgb, panel, png_bytes, seg_with_legend
+    from eval.visualize import (
+        colorize_depth,
+        display_scale,
+        draw_pose,
+        enlarge,
+        normal_to_rgb,
+        panel,
+        png_bytes,
+        seg_with_legend,
+    )
 
     pictures, titles = [item.image], ["image"]
     if keypoints is not None:
-        boxes = [b[:4] for b in person_boxes]
-        pictures.append(draw_pose(item.image, list(keypoints), runner.keypoint_set, cfg.keypoint_threshold, boxes))
+        f = display_scale(item.image.shape[0])  # draw small images enlarged, so the skeleton stays legible
+        boxes = [[v * f for v in b[:4]] for b in person_boxes]
+        points = [np.concatenate([k[:, :2] * f, k[:, 2:]], axis=1) for k in keypoints]
+        big = enlarge(item.image, f)
+        pictures.append(draw_pose(big, points, runner.keypoint_set, cfg.keypoint_threshold, boxes))
         titles.append("pose")
     if "seg" in maps:
         pictures.append(seg_with_legend(item.image, maps["seg"], runner.vocabulary))

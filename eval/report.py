@@ -9,8 +9,8 @@ cluster's file browser. `build_report(title, sections)` is the reusable part: bu
 
 Inputs of `report_from_paths` (each path one of):
 - a run folder: its `metrics.jsonl` (one JSON object a line with `step` and numbers: `loss`, `lr`, ...)
-  becomes curves; every `*.json` object in it with numeric values a table; `config.yaml` is shown
-  folded; PNGs in `pictures/` (or the folder itself) become pictures;
+  becomes curves; each `*.json` whose name says metric, eval, report or result (and holds numbers) a
+  table; `config.yaml` is shown folded; PNGs in `pictures/` (or the folder itself) become pictures;
 - a `.json` metrics file (the output of `hv eval ...`), a `.jsonl` metrics log, or a `.png` picture.
 A line of a metrics log that is not a JSON object is skipped and counted in a note, never silently.
 """
@@ -28,6 +28,7 @@ from typing import Any
 
 MAX_PICTURES_PER_RUN = 24
 MAX_TABLE_ROWS = 60
+_METRIC_FILE_WORDS = ("metric", "eval", "report", "result")
 _CURVE_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
 
 
@@ -361,7 +362,8 @@ def run_section(folder: str) -> Section:
             section.items += _log_items(os.path.join(folder, name))
     for name in names:
         path = os.path.join(folder, name)
-        if name.endswith(".json") and os.path.isfile(path):
+        # Only files named as metrics or reports: a run folder also holds DeepSpeed and model configs.
+        if name.endswith(".json") and os.path.isfile(path) and any(w in name for w in _METRIC_FILE_WORDS):
             try:
                 obj = read_metrics_json(path)
             except ReportInputError as e:

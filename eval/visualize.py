@@ -211,18 +211,33 @@ def _hconcat(images: Sequence[np.ndarray], gap: int = 4) -> np.ndarray:
     return out
 
 
-def panel(images: Sequence[np.ndarray], titles: Sequence[str] | None = None, max_height: int = 384) -> np.ndarray:
-    """Pictures side by side (each scaled to a common height <= max_height), a title above each."""
+def display_scale(height: int, min_height: int = 256) -> float:
+    """How much to enlarge a picture of `height` rows so thin skeletons and legends stay legible (>= 1)."""
+    return max(1.0, min_height / max(height, 1))
+
+
+def enlarge(image: np.ndarray, factor: float) -> np.ndarray:
+    """Nearest-neighbour enlargement (pixels stay crisp); draw keypoints after it, scaled by the same factor."""
+    if factor == 1.0:
+        return image
+    h, w = image.shape[:2]
+    return np.asarray(Image.fromarray(image).resize((round(w * factor), round(h * factor)), Image.NEAREST))
+
+
+def panel(
+    images: Sequence[np.ndarray], titles: Sequence[str] | None = None, max_height: int = 384, min_height: int = 256
+) -> np.ndarray:
+    """Pictures side by side, each scaled to a common height between min_height and max_height (small inputs are
+    enlarged with nearest neighbour, large ones reduced bilinearly), a title above each."""
     if not images:
         raise ValueError("panel needs at least one picture")
     images = [_check_image(im, f"picture {i}") for i, im in enumerate(images)]
-    height = min(max_height, max(im.shape[0] for im in images))
+    height = max(min_height, min(max_height, max(im.shape[0] for im in images)))
     scaled = []
     for im in images:
         w = max(1, round(im.shape[1] * height / im.shape[0]))
-        scaled.append(
-            np.asarray(Image.fromarray(im).resize((w, height), Image.BILINEAR)) if im.shape[0] != height else im
-        )
+        resample = Image.NEAREST if height > im.shape[0] else Image.BILINEAR
+        scaled.append(np.asarray(Image.fromarray(im).resize((w, height), resample)) if im.shape[0] != height else im)
     if titles is None:
         return _hconcat(scaled)
     if len(titles) != len(images):

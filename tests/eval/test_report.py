@@ -62,7 +62,7 @@ def _run_folder(root) -> str:
     lines.insert(6, "[1, 2]")
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     (run / "eval_pose.json").write_text(json.dumps({"AP": 0.5, "groups": {"body": {"AP": 0.6}, "face": {"AP": 0.4}}}))
-    (run / "ds_config.json").write_text(json.dumps({"zero_optimization": {"stage": "two"}}))  # no numbers: no table
+    (run / "ds_config.json").write_text(json.dumps({"zero_optimization": {"stage": 2}}))  # not a metrics file
     (run / "config.yaml").write_text("arch: tiny\nlr: 0.001 <b>\n")
     (run / "pictures" / "0001.png").write_bytes(png_bytes(np.full((8, 8, 3), 90, np.uint8)))
     (run / "pictures" / "broken.png").write_bytes(b"not a png")
