@@ -323,7 +323,8 @@ def reconcile_shards(state: State, accepted_by_key: dict[str, str]) -> None:
             continue
         rows = []
         for members in iter_members(os.path.join(state.shards, name)):
-            key = members["__key__"].decode()
+            raw = members["__key__"]
+            key = raw.decode() if isinstance(raw, bytes) else str(raw)
             uri = accepted_by_key.get(key)
             if uri is None:
                 meta = json.loads(members["json"])
