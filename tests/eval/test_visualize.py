@@ -102,8 +102,10 @@ def test_normal_rgb_mapping() -> None:
 def test_panel_and_png_round_trip() -> None:
     a = np.full((20, 30, 3), 10, np.uint8)
     b = np.full((40, 40, 3), 200, np.uint8)
-    out = panel([a, b], ["a", "b"], max_height=40)
+    out = panel([a, b], ["a", "b"], max_height=40, min_height=0)
     assert out.shape[0] == 40 + 18  # common height plus the title bar
+    enlarged = panel([a], max_height=384, min_height=100)  # small pictures are enlarged, pixels kept crisp
+    assert enlarged.shape[:2] == (100, 150) and set(np.unique(enlarged)) == {10}
     decoded = np.asarray(Image.open(io.BytesIO(png_bytes(out))))
     np.testing.assert_array_equal(decoded, out)
     with pytest.raises(ValueError, match=r"2 titles for 1"):
