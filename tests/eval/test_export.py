@@ -124,3 +124,24 @@ def test_parse_size() -> None:
     assert parse_size("1024x768") == (1024, 768)
     with pytest.raises(ValueError, match="HxW"):
         parse_size("1024")
+
+
+def test_checkpoint_ignores_training_only_config_sections(tmp_path) -> None:
+    """A run's data/optim sections change shape between versions; only model/pose/seg/task decide the model."""
+    import yaml
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    src = write_finetuned_checkpoint(str(tmp_path / "m.safetensors"), "pose", (32, 32))
+    with safe_open(src, framework="pt") as f:
+        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        config = yaml.safe_load(f.metadata()["config"])
+    config["data"] = {"shards": ["a.tar", "b.tar"], "a_key_from_another_version": 1}
+    config["optim"]["not_a_field"] = True
+    save_file(state, str(tmp_path / "drift.safetensors"), metadata={"config": yaml.safe_dump(config)})
+    loaded = load_finetuned(str(tmp_path / "drift.safetensors"))
+    assert loaded.tasks == ("pose",) and loaded.image_size == (32, 32)
+    config["model"]["arch"] = "huge"  # but the model's own sections are checked
+    save_file(state, str(tmp_path / "bad.safetensors"), metadata={"config": yaml.safe_dump(config)})
+    with pytest.raises(CheckpointError, match=r"bad.safetensors: embedded config.*huge"):
+        load_finetuned(str(tmp_path / "bad.safetensors"))
