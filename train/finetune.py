@@ -55,11 +55,21 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    shards: list[str] = field(default_factory=list)  # files, folders or globs (local or pyarrow.fs URIs)
+    shards: str = ""  # files, folders or globs (local or pyarrow.fs URIs), comma-separated (as in pretraining)
     bad_samples: str = "skip"  # "skip": count and report broken samples; "raise": stop at the first
     shuffle_buffer: int = 64
-    background_shards: list[str] = field(default_factory=list)  # images pasted behind people; empty: random fields
+    background_shards: str = ""  # shards of images pasted behind people, comma-separated; empty: random fields
     max_backgrounds: int = 256  # how many background images are held in memory
+
+    def shard_patterns(self) -> list[str]:
+        return _patterns(self.shards)
+
+    def background_patterns(self) -> list[str]:
+        return _patterns(self.background_shards)
+
+
+def _patterns(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
 
 
 @dataclass
@@ -437,7 +447,7 @@ def load_backgrounds(patterns: Sequence[str], limit: int) -> list[np.ndarray]:
         if len(pool) >= limit:
             break
     if not pool:
-        raise ValueError(f"data.background_shards {list(patterns)} hold no readable image")
+        raise ValueError(f"data.background_shards {list(patterns)} holds no readable image")
     return pool
 
 
@@ -449,12 +459,12 @@ def make_batches_fn(cfg: FinetuneConfig, report_path: str | None = None, reports
     spec, pose, dense = data_params(cfg)
 
     def make_batches(rank: int, world_size: int, seed: int, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
-        backgrounds = load_backgrounds(cfg.data.background_shards, cfg.data.max_backgrounds)
+        backgrounds = load_backgrounds(cfg.data.background_patterns(), cfg.data.max_backgrounds)
         report = ItemReport()
         if reports is not None:
             reports.append(report)
         items = iter_items(
-            cfg.data.shards, spec, pose, dense, seed=seed, rank=rank, world_size=world_size, report=report,
+            cfg.data.shard_patterns(), spec, pose, dense, seed=seed, rank=rank, world_size=world_size, report=report,
             policy=cfg.data.bad_samples, shuffle_buffer=cfg.data.shuffle_buffer, backgrounds=backgrounds,
         )  # fmt: skip
         # Resume: the stream is deterministic, so replaying it to `start_step` gives the same order.
@@ -486,8 +496,8 @@ def run(cfg: FinetuneConfig, out_dir: str):
     from data_engine import schema
     from train.engine import fit
 
-    if not cfg.data.shards:
-        raise ConfigError("data.shards is empty: name the training shards (data.shards=[...] or a glob)")
+    if not cfg.data.shard_patterns():
+        raise ConfigError("data.shards is empty: name the training shards (data.shards='out/*.tar,more/')")
     os.makedirs(out_dir, exist_ok=True)
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0:

@@ -26,7 +26,7 @@ def register(train_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run folder: config, checkpoints, metrics, model.safetensors")
     p.add_argument("--init", help="a pretraining or fine-tuning run folder, or a .safetensors file")
     add_launch_args(p)
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.shards=[out/synth] steps=200")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.shards='out/synth/*.tar' steps=200")
     p.set_defaults(func=_finetune)
 
 
@@ -43,11 +43,11 @@ def _finetune(args: argparse.Namespace) -> int:
 
     try:
         cfg = load_finetune_config(args.config, args.overrides, task=args.task, init=args.init)
-        if not cfg.data.shards:
-            raise ConfigError("data.shards is empty: pass data.shards=[GLOB, ...] (files, folders or globs)")
-        expand(list(cfg.data.shards))  # a pattern matching nothing fails now, not on every rank later
-        if cfg.data.background_shards:
-            expand(list(cfg.data.background_shards))
+        if not cfg.data.shard_patterns():
+            raise ConfigError("data.shards is empty: pass data.shards=GLOB (files, folders or globs, comma-separated)")
+        expand(cfg.data.shard_patterns())  # a pattern matching nothing fails now, not on every rank later
+        if cfg.data.background_patterns():
+            expand(cfg.data.background_patterns())
         if cfg.init:
             _check_init(cfg.init, resolve_weights_file)
     except (ConfigError, FileNotFoundError, ValueError) as e:

@@ -44,10 +44,11 @@ def train(task: str, out: str, shards: list[str], steps: int, *extra: str):
     from train.finetune import load_finetune_config, run
 
     overrides = [
-        f"data.shards=[{','.join(shards)}]",
+        f"data.shards={','.join(shards)}",
         f"steps={steps}",
         f"model.image_size=[{SIZE[0]},{SIZE[1]}]",
-        "model.depth=4",
+        "model.depth=2",
+        "model.head_channels=32",
         "batch_size=8",
         "log_every=1",
         "progress=false",
