@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -115,7 +116,9 @@ class _PictureWriter:
         self.written += 1
 
 
-class _Scorer:
+class _Scorer(ABC):
+    """Accumulates one task's metric state over the samples; `result()` turns it into the metrics dict."""
+
     def __init__(self, runner, cfg: EvalConfig) -> None:
         self.runner = runner
         self.cfg = cfg
@@ -123,17 +126,19 @@ class _Scorer:
         self.skipped: Counter[str] = Counter()
         self.pending: list[Sample] = []
 
-    def add(self, sample: Sample, pictures: _PictureWriter) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def add(self, sample: Sample, pictures: _PictureWriter) -> None: ...
 
+    @abstractmethod
     def flush(self, pictures: _PictureWriter) -> None:
         """Score samples held back for batching."""
 
-    def result(self) -> dict[str, Any]:
-        raise NotImplementedError
+    @abstractmethod
+    def result(self) -> dict[str, Any]: ...
 
-    def write_files(self, out_dir: str) -> None:
-        """Extra files beside metrics.json."""
+    def write_files(self, out_dir: str) -> list[str]:
+        """Extra files beside metrics.json (their paths); the dense tasks have none."""
+        return []
 
 
 class _PoseScorer(_Scorer):
@@ -234,9 +239,12 @@ class _PoseScorer(_Scorer):
 
         return pose_metrics(self.gt, self.preds, self.keypoint_set)
 
-    def write_files(self, out_dir: str) -> None:
-        _write_json(os.path.join(out_dir, "gt_coco.json"), self.gt)
-        _write_json(os.path.join(out_dir, "pred_coco.json"), self.preds)
+    def write_files(self, out_dir: str) -> list[str]:
+        """The COCO files `hv eval pose --gt --pred` reads, to reproduce or re-slice the numbers."""
+        paths = [os.path.join(out_dir, "gt_coco.json"), os.path.join(out_dir, "pred_coco.json")]
+        _write_json(paths[0], self.gt)
+        _write_json(paths[1], self.preds)
+        return paths
 
 
 def _scaled(keypoints: np.ndarray, factor: float) -> np.ndarray:
@@ -277,11 +285,11 @@ class _DenseScorer(_Scorer):
                 pictures.write(sample.key, [sample.image, gt_vis, pred_vis], ["image", "ground truth", "prediction"])
         self.pending = []
 
-    def score(self, sample: Sample, predicted: np.ndarray) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def score(self, sample: Sample, predicted: np.ndarray) -> None: ...
 
-    def pictures(self, sample: Sample, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
+    @abstractmethod
+    def pictures(self, sample: Sample, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 class _SegScorer(_DenseScorer):
