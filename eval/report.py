@@ -317,7 +317,9 @@ def read_metrics_log(path: str) -> tuple[list[dict[str, Any]], list[str]]:
     return records, problems
 
 
-def read_metrics_json(path: str) -> dict[str, Any]:
+def read_metrics_json(path: str) -> dict[str, Any] | list[dict[str, Any]]:
+    """A metrics object (the output of `hv eval ...`), or a list of step records (a training log saved as a
+    JSON array instead of JSON lines)."""
     try:
         with open(path, encoding="utf-8") as f:
             obj = json.load(f)
@@ -325,9 +327,21 @@ def read_metrics_json(path: str) -> dict[str, Any]:
         raise ReportInputError(f"cannot read {path}: {e}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ReportInputError(f"{path} is not valid JSON: {e}") from None
+    if isinstance(obj, list) and obj and all(isinstance(r, dict) for r in obj):
+        return obj
     if not isinstance(obj, dict):
-        raise ReportInputError(f"{path} holds a JSON {type(obj).__name__}, a metrics file holds an object")
+        raise ReportInputError(
+            f"{path} holds a JSON {type(obj).__name__}; a metrics file holds an object or a list of step records"
+        )
     return obj
+
+
+def _json_items(path: str) -> list[Item]:
+    obj = read_metrics_json(path)
+    name = os.path.basename(path)
+    if isinstance(obj, list):
+        return [Curves(name, obj)]
+    return [MetricTable(name, obj)] if _has_numbers(obj) else [Note(f"{path}: no numbers to show")]
 
 
 def _has_numbers(obj: dict[str, Any]) -> bool:
@@ -365,12 +379,9 @@ def run_section(folder: str) -> Section:
         # Only files named as metrics or reports: a run folder also holds DeepSpeed and model configs.
         if name.endswith(".json") and os.path.isfile(path) and any(w in name for w in _METRIC_FILE_WORDS):
             try:
-                obj = read_metrics_json(path)
+                section.items += _json_items(path)
             except ReportInputError as e:
                 section.items.append(Note(str(e), "warning"))
-                continue
-            if _has_numbers(obj):
-                section.items.append(MetricTable(name, obj))
     config = next((os.path.join(folder, n) for n in ("config.yaml", "config.yml") if n in names), None)
     if config:
         with open(config, encoding="utf-8", errors="replace") as f:
@@ -400,9 +411,7 @@ def sections_from_paths(paths: Sequence[str]) -> list[Section]:
         elif path.endswith(".jsonl"):
             sections.append(Section(os.path.basename(path), _log_items(path)))
         elif path.endswith(".json"):
-            sections.append(
-                Section(os.path.basename(path), [MetricTable(os.path.basename(path), read_metrics_json(path))])
-            )
+            sections.append(Section(os.path.basename(path), _json_items(path)))
         elif path.lower().endswith(".png"):
             sections.append(Section(os.path.basename(path), [Picture(os.path.basename(path), _read_png(path))]))
         else:

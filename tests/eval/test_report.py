@@ -126,3 +126,15 @@ def test_report_bad_inputs(tmp_path, capsys) -> None:
         main(["eval", "report", str(empty), "--out", str(tmp_path / "r.html")])
     assert exit_info.value.code == 0
     assert "no records" in (tmp_path / "r.html").read_text()
+
+
+def test_metrics_json_array_is_drawn_as_curves(tmp_path) -> None:
+    log = tmp_path / "metrics.json"
+    log.write_text(json.dumps([{"step": s, "loss": 2.0 - 0.1 * s} for s in range(5)]))
+    out = tmp_path / "r.html"
+    report_from_paths([str(log)], str(out))
+    parser = check_self_contained(out.read_text())
+    assert parser.tags.count("svg") == 1 and "polyline" in parser.tags
+    log.write_text(json.dumps([1, 2, 3]))
+    with pytest.raises(ReportInputError, match=r"holds a JSON list; a metrics file holds an object or a list of step"):
+        report_from_paths([str(log)], str(out))
