@@ -203,3 +203,19 @@ def test_predictor_rejects_bad_checkpoint_files(tmp_path) -> None:
     save_file({"w": torch.zeros(2)}, str(no_config))
     with pytest.raises(ValueError, match="no config"):
         Predictor(str(no_config))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resumed_batches_continue_the_same_order(shard_dir, workers) -> None:
+    """make_batches(start_step=s) yields what an uninterrupted stream yields from batch s on, in and out of
+    loader worker processes."""
+    from train.finetune import make_batches_fn
+
+    cfg = _multi_cfg("tasks=[seg]", "batch_size=2", f"data.shards={shard_dir}", f"data.num_workers={workers}")
+    make = make_batches_fn(cfg)
+    whole = make(0, 1, 7, 0)
+    expected = [next(whole)["image"] for _ in range(5)]
+    for start in (2, 3):
+        resumed = make(0, 1, 7, start)
+        for want in expected[start:]:
+            torch.testing.assert_close(next(resumed)["image"], want, rtol=0, atol=0)
