@@ -328,8 +328,28 @@ def iter_members(path: str) -> Iterator[dict[str, Any]]:
                 current[ext] = data
     except Exception as e:  # tarfile raises several types for truncated/corrupt input: report them as one
         raise ShardError(f"{path}: not a readable tar shard ({type(e).__name__}: {e})") from e
+    if not _has_end_marker(path):
+        # tarfile's stream mode ends quietly when a file is cut at a header boundary; the last sample may
+        # then be incomplete and everything after the cut is gone. Say so instead of yielding it.
+        raise ShardError(f"{path}: truncated tar shard (no end-of-archive marker after {current_key!r})")
     if current_key is not None:
         yield current
+
+
+def _has_end_marker(path: str) -> bool:
+    """A complete tar ends with two zero 512-byte blocks (and is a whole number of blocks long)."""
+    if _is_uri(path):
+        filesystem, inner = _fs(path)
+        size = filesystem.get_file_info(inner).size or 0
+        opener = lambda: filesystem.open_input_file(inner)  # noqa: E731
+    else:
+        size = os.path.getsize(_local(path))
+        opener = lambda: open(_local(path), "rb")  # noqa: E731, SIM115 (used in a with block below)
+    if size < 1024 or size % 512:
+        return False
+    with opener() as f:
+        f.seek(size - 1024)
+        return not any(f.read(1024))
 
 
 def iter_samples(

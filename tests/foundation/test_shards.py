@@ -9,7 +9,6 @@ import subprocess
 import sys
 import tarfile
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -108,9 +107,9 @@ WRITER_SCRIPT = textwrap.dedent(
         for i in range(10_000):
             image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
             writer.write(Sample(key=key_from_bytes(image.tobytes()), image=image))
-            if i == 5:
+            if i == 5:  # one complete shard, two samples into the next: killed here
                 print("ready", flush=True)
-            time.sleep(0.002)
+                time.sleep(60)
     """
 )
 
@@ -119,7 +118,6 @@ def test_killed_writer_leaves_no_half_shard_and_restart_continues(tmp_path: Path
     prefix = str(tmp_path / "k" / "shard")
     proc = subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, prefix], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
-    time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     names = os.listdir(tmp_path / "k")
@@ -226,3 +224,19 @@ def test_hv_shards_inspect_good_truncated_corrupt(tmp_path: Path) -> None:
     assert run_hv("shards", "inspect", str(junk)).returncode == 1
     out = run_hv("shards", "inspect", str(tmp_path / "none-*.tar"))
     assert out.returncode == 1 and "no shards match" in out.stderr
+
+
+def test_cut_at_a_header_boundary_is_reported(tmp_path: Path) -> None:
+    """tarfile's stream mode ends quietly when a file is cut exactly between members: we must not."""
+    samples = make_samples(4)
+    paths = write(tmp_path, samples)
+    with tarfile.open(paths[0]) as tar:
+        members = tar.getmembers()
+    # Cut right before the header of the first member of the third sample.
+    third = next(m for m in members if m.name.startswith(samples[2].key))
+    data = paths[0].read_bytes()
+    paths[0].write_bytes(data[: third.offset])
+    report = ReadReport()
+    got = list(iter_samples(str(paths[0]), policy="skip", report=report))
+    assert [s.key for s in got] == [s.key for s in samples[:1]]  # the second sample may be incomplete: withheld
+    assert len(report.bad) == 1 and "truncated" in report.bad[0].reason
