@@ -58,7 +58,7 @@ class SubjectGeometry:
 
 @dataclass
 class RenderOutput:
-    """rgb (H, W, 3) uint8; depth (H, W) float32 metres, 0 = background; normal (H, W, 3) float32 unit
+    """rgb (H, W, 3) uint8; depth (H, W) float32 metres, 0 = background; normal (H, W, 3) float32 (read-only) unit
     vectors in OpenCV camera axes, 0 = background; mask (H, W) bool; labels (H, W) uint8 or None."""
 
     rgb: np.ndarray
@@ -115,7 +115,8 @@ class Renderer:
         fbo = int(GL.glGenFramebuffers(1))
         GL.glBindFramebuffer(GL.GL_FRAMEBUFFER, fbo)
         buffers = [int(b) for b in np.atleast_1d(GL.glGenRenderbuffers(3))]
-        formats = (GL.GL_RGBA32F, GL.GL_RGBA32F, GL.GL_DEPTH_COMPONENT32F)
+        # Normals + depth in float32; the part label in 8 bits (read back as one byte a pixel).
+        formats = (GL.GL_RGBA32F, GL.GL_R8, GL.GL_DEPTH_COMPONENT32F)
         points = (GL.GL_COLOR_ATTACHMENT0, GL.GL_COLOR_ATTACHMENT1, GL.GL_DEPTH_ATTACHMENT)
         for buf, fmt, point in zip(buffers, formats, points, strict=True):
             GL.glBindRenderbuffer(GL.GL_RENDERBUFFER, buf)
@@ -185,10 +186,11 @@ class Renderer:
         finally:
             for node in nodes:
                 self.scene.remove_node(node)
-        # MSAA resolves edge pixels against the transparent black clear colour, so colour is premultiplied.
-        coverage = rgba[..., 3:4].astype(np.float32) / 255.0
-        out = rgba[..., :3].astype(np.float32) + background.astype(np.float32) * (1.0 - coverage)
-        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        # MSAA resolves edge pixels against the transparent black clear colour, so colour is premultiplied:
+        # out = rgb + background * (1 - alpha), in integers (rounded) because float32 at 4096x3072 is slow.
+        uncovered = 255 - rgba[..., 3:4].astype(np.uint16)
+        out = rgba[..., :3] + (background * uncovered + 127) // 255
+        return np.minimum(out, 255).astype(np.uint8)
 
     def render_plain(self, camera: PinholeCamera) -> tuple[np.ndarray, np.ndarray]:
         """pyrender's own colour + depth, as any user would write it (the benchmark's baseline)."""
@@ -227,26 +229,21 @@ class Renderer:
         GL.glBindVertexArray(0)
         GL.glUseProgram(0)
         GL.glReadBuffer(GL.GL_COLOR_ATTACHMENT0)
-        normal_depth = self._read_float(GL)
+        GL.glPixelStorei(GL.GL_PACK_ALIGNMENT, 1)
+        raw = GL.glReadPixels(0, 0, self.width, self.height, GL.GL_RGBA, GL.GL_FLOAT)
+        # GL rows start at the bottom, images at the top. The clear colour is 0, so background pixels
+        # already hold depth 0 and normal (0, 0, 0); the shader normalised each normal in float32.
+        normal_depth = np.frombuffer(raw, dtype=np.float32).reshape(self.height, self.width, 4)[::-1]
+        depth = np.ascontiguousarray(normal_depth[..., 3])
+        normal = normal_depth[..., :3]  # a read-only view: copying 150 MB at 4096x3072 costs more than it gives
+        mask = depth > 0
         labels = None
-        GL.glReadBuffer(GL.GL_COLOR_ATTACHMENT1)
-        label_mask = self._read_float(GL)
-        GL.glBindFramebuffer(GL.GL_FRAMEBUFFER, 0)
-        mask = label_mask[..., 1] > 0.5
-        depth = np.where(mask, normal_depth[..., 3], 0.0).astype(np.float32)
-        normal = normal_depth[..., :3]
-        # Re-normalise in float64: the shader normalised in float32 already, this only removes round-off.
-        norms = np.linalg.norm(normal.astype(np.float64), axis=-1, keepdims=True)
-        normal = np.where(mask[..., None], normal / np.maximum(norms, 1e-12), 0.0).astype(np.float32)
         if loaded.has_labels:
-            labels = np.where(mask, np.rint(label_mask[..., 0]), 0).astype(np.uint8)
+            GL.glReadBuffer(GL.GL_COLOR_ATTACHMENT1)
+            raw = GL.glReadPixels(0, 0, self.width, self.height, GL.GL_RED, GL.GL_UNSIGNED_BYTE)
+            labels = np.frombuffer(raw, dtype=np.uint8).reshape(self.height, self.width)[::-1].copy()
+        GL.glBindFramebuffer(GL.GL_FRAMEBUFFER, 0)
         return depth, normal, mask, labels
-
-    def _read_float(self, gl) -> np.ndarray:
-        gl.glPixelStorei(gl.GL_PACK_ALIGNMENT, 1)
-        raw = gl.glReadPixels(0, 0, self.width, self.height, gl.GL_RGBA, gl.GL_FLOAT)
-        data = np.frombuffer(raw, dtype=np.float32).reshape(self.height, self.width, 4)
-        return data[::-1]  # GL rows start at the bottom; images start at the top
 
     def render(
         self,

@@ -4,8 +4,8 @@ in vec3 view_position;
 in vec3 view_normal;
 in float part_label;
 
-layout(location = 0) out vec4 normal_depth;  // (nx, ny, nz, z) OpenCV axes, z in scene units (metres)
-layout(location = 1) out vec4 label_mask;    // (part label, 1 = surface, 0, 0)
+layout(location = 0) out vec4 normal_depth;  // (nx, ny, nz, z) OpenCV axes, z in scene units (metres); 0 = none
+layout(location = 1) out float part;         // part label / 255 into an 8-bit target: exact for ids 0..255
 
 void main() {
     vec3 n = normalize(view_normal);
@@ -15,5 +15,5 @@ void main() {
     // view_position is interpolated perspective-correctly, so -z is the exact depth of the surface hit
     // by the ray through this pixel's centre (no depth-buffer nonlinearity, no MSAA sub-sample offset).
     normal_depth = vec4(n.x, -n.y, -n.z, -view_position.z);
-    label_mask = vec4(part_label, 1.0, 0.0, 0.0);
+    part = part_label / 255.0;
 }

@@ -204,3 +204,21 @@ def test_preview_draws_a_sheet_and_reports_bad_shards(tmp_path, scan_dir, capsys
     empty.mkdir()
     assert hv("preview", str(empty), "--out", str(sheet)) == 2
     assert "no shards match" in capsys.readouterr().err
+
+
+def test_shipped_configs_load_and_default_yaml_matches_the_dataclasses(tmp_path):
+    from dataclasses import asdict
+
+    from synth.config import ConfigError, SynthConfig
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "synth")
+    assert asdict(load_config(os.path.join(root, "default.yaml"))) == asdict(SynthConfig())
+    assert load_config(os.path.join(root, "bodies.yaml")).bodies.count > 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("camera:\n  focal_length: 50\n")
+    with pytest.raises(ConfigError, match="focal_length"):
+        load_config(str(bad))
+    with pytest.raises(ConfigError, match=r"lights\.kinds"):
+        load_config(None, ["lights.kinds=[laser]"])
+    with pytest.raises(ConfigError, match=r"bad\.yml"):
+        load_config(str(tmp_path / "bad.yml"))
