@@ -3,7 +3,7 @@ person filter on detector boxes; then the shard members of an accepted image.
 
     analyse_uri(uri, cfg) -> dict           one ANALYSIS_SCHEMA row (+ the analysis pixels when a detector follows)
     apply_persons(row, boxes, cfg)          the person filter, on boxes in original-image pixels
-    build_members(uri, key, ..., cfg)       the WebDataset members of an accepted sample
+    build_members(record, cfg)              the WebDataset members of an accepted sample
 
 `analyse_batch` and `members_batch` wrap them for Ray Data (`map_batches`, pyarrow batches); the benchmark
 runs the same functions in a plain loop as its baseline.
