@@ -2,13 +2,16 @@
 
     hv synth scans/ --out runs/synth --views 8 --size 1024x768 --units mm
     hv synth --bodies 100 --out runs/synth-bodies --seed 3 --backgrounds backgrounds/
-    hv synth scans/ --out s3://bucket/synth --ray-address auto workers=64   # on a cluster
+    hv synth /shared/scans --out /shared/synth --ray-address auto workers=64   # on a cluster
 
 Layout of `--out`:
     config.yaml                 the resolved config (a re-run must resolve to the same render settings)
     shards/{subject}-000000.tar one shard set per scan or body (closed every `shard_max_count` views)
     manifest/part-*.parquet     one row per finished subject, written as it finishes
     manifest.parquet            the merged manifest (latest row per subject)
+
+On a cluster, `--out`, the scans and the backgrounds must be on a filesystem every node mounts at the
+same path (NFS, Lustre, a FUSE-mounted bucket): workers write their shards directly.
 
 Resume: a subject with a `done` or `rejected` row is skipped; any shards of an unfinished subject
 (from a killed run) are deleted and the subject is rendered again from its own seed, so a re-run ends
@@ -17,6 +20,7 @@ with the same keys and no duplicates.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import re
@@ -41,6 +45,7 @@ class SubjectTask:
     subject: str  # the subject id (shard prefix)
     index: int = 0  # body index
     fingerprint: str | None = None
+    sha256: str | None = None  # of a scan file, when the planner hashed it
 
 
 def split_of(subject_id: str, heldout_fraction: float) -> Split:
@@ -55,7 +60,7 @@ def _fingerprint(path: str) -> str:
 
 def plan(config: SynthConfig, done: dict[str, dict]) -> tuple[list[SubjectTask], list[dict]]:
     """The subjects still to render, and manifest rows for inputs refused before rendering."""
-    from synth.scans import find_scans, scan_id
+    from synth.scans import file_sha256, find_scans, scan_id
 
     tasks: list[SubjectTask] = []
     refused: list[dict] = []
@@ -67,7 +72,8 @@ def plan(config: SynthConfig, done: dict[str, dict]) -> tuple[list[SubjectTask],
     for path in paths:
         uri = os.path.abspath(path)
         fingerprint = _fingerprint(path)
-        subject = known.get((uri, fingerprint)) or scan_id(path)
+        sha = None if (uri, fingerprint) in known else file_sha256(path)
+        subject = known.get((uri, fingerprint)) or scan_id(path, sha)
         if subject in seen:
             reason = f"same content as {seen[subject]}: rendered once"
             refused.append(_row(f"{subject}-dup-{_short_hash(uri)}", "scan", uri, "rejected", reason))
@@ -75,7 +81,7 @@ def plan(config: SynthConfig, done: dict[str, dict]) -> tuple[list[SubjectTask],
         seen[subject] = uri
         if done.get(subject, {}).get("status") in FINAL_STATUSES:
             continue
-        tasks.append(SubjectTask(kind="scan", uri=uri, subject=subject, fingerprint=fingerprint))
+        tasks.append(SubjectTask(kind="scan", uri=uri, subject=subject, fingerprint=fingerprint, sha256=sha))
     for i in range(config.bodies.count):
         subject = f"body-{config.seed}-{i:06d}"
         if done.get(subject, {}).get("status") in FINAL_STATUSES:
@@ -107,6 +113,7 @@ class RenderWorker:
         self.out_dir = out_dir
         self._renderer = None
         self._bodies = None
+        self._backgrounds: list[str] | None = None
 
     def _get_renderer(self):
         if self._renderer is None:
@@ -134,7 +141,7 @@ class RenderWorker:
         _delete_shards(prefix)  # a killed run may have left complete shards of this unfinished subject
         try:
             if task.kind == "scan":
-                subject = load_scan(task.uri, self.config.scan)
+                subject = load_scan(task.uri, self.config.scan, task.sha256)
                 subject.id = task.subject
             else:
                 subject = self._get_bodies().sample(task.index, self.config.seed, self.config.bodies)
@@ -174,7 +181,9 @@ class RenderWorker:
 
         cfg = self.config
         rng = np.random.default_rng(subject_seed("view", subject.id, cfg.seed, view))
-        backgrounds = list_backgrounds(cfg.background.dir)
+        if self._backgrounds is None:  # listed once per worker: a background folder can hold many files
+            self._backgrounds = list_backgrounds(cfg.background.dir)
+        backgrounds = self._backgrounds
         params = sample_view(
             rng,
             cfg.width,
@@ -293,6 +302,11 @@ class JobSummary:
 
 def run_job(config: SynthConfig, log=print) -> JobSummary:
     """Render every subject not yet finished; returns counts. Rows are in `{out}/manifest.parquet`."""
+    # Ray workers need not share the driver's working directory: make every path absolute.
+    config = copy.deepcopy(config)
+    config.out = os.path.abspath(config.out)
+    if config.background.dir:
+        config.background.dir = os.path.abspath(config.background.dir)
     prepare_output(config)
     manifest_dir = os.path.join(config.out, "manifest")
     done = latest(read_rows(manifest_dir))

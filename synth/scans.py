@@ -68,9 +68,9 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def scan_id(path: str) -> str:
+def scan_id(path: str, sha256: str | None = None) -> str:
     """Content-addressed: the same scan file is the same subject wherever it lives."""
-    return "scan-" + file_sha256(path)[:16]
+    return "scan-" + (sha256 or file_sha256(path))[:16]
 
 
 def up_axis_rotation(up: str) -> np.ndarray:
@@ -87,8 +87,10 @@ def up_axis_rotation(up: str) -> np.ndarray:
     return trimesh.geometry.align_vectors(source, target)
 
 
-def load_scan(path: str, config: ScanConfig) -> Subject:
+def load_scan(path: str, config: ScanConfig, sha256: str | None = None) -> Subject:
+    """`sha256` of the file when the caller has it already (hashing a large scan twice is wasted I/O)."""
     uri = os.path.abspath(path)
+    sha256 = sha256 or file_sha256(path)
     name = os.path.basename(path)
     sidecar = _read_sidecar(path)
     units = sidecar.get("units", config.units)
@@ -133,9 +135,9 @@ def load_scan(path: str, config: ScanConfig) -> Subject:
     landmarks = None
     if "landmarks" in sidecar:
         landmarks = _landmarks(sidecar["landmarks"], transform, config.landmark_tolerance_m, name)
-    params = {"file": name, "sha256": file_sha256(path), "units": units, "up_axis": up, "height_m": round(height, 4)}
+    params = {"file": name, "sha256": sha256, "units": units, "up_axis": up, "height_m": round(height, 4)}
     return Subject(
-        id=scan_id(path),
+        id=scan_id(path, sha256),
         kind="scan",
         uri=uri,
         geometry=SubjectGeometry(
