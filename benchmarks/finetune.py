@@ -1,0 +1,150 @@
+"""Fine-tuning benchmarks: each figure is a ratio against a baseline measured in this process on the same data.
+
+    .venv/bin/python benchmarks/finetune.py [--size 128 96] [--repeats 5]
+
+1. multi-task step: one backbone pass for a batch mixing pose crops and dense views (`FinetuneModel` routes rows
+   to heads) vs the same rows trained task by task (one backbone pass per task). Ratio = separate / shared.
+2. data rows: decode + augmentation + targets (`iter_items`) vs decoding alone (`iter_samples`), same shards.
+   Ratio = the cost of making a training row relative to reading it.
+3. heatmap decoding: argmax + DARK sub-pixel refinement (`decode_heatmaps`) vs a bare argmax, 308 keypoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+# benchmarks/ holds a train.py that would shadow the `train` package: import from the repository root instead,
+# and the synthetic people from the fine-tuning tests.
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path[:] = [ROOT, os.path.join(ROOT, "tests", "finetune")] + [p for p in sys.path if os.path.abspath(p) != HERE]
+os.chdir(ROOT)
+
+
+def best_of(fn, repeats: int) -> float:
+    """Minimum wall time of `repeats` calls (the least disturbed by other work on a shared machine)."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def bench_multitask(size: tuple[int, int], repeats: int) -> None:
+    from ft_synthetic import person_sample
+
+    from train.data_finetune import ItemReport, collate, sample_items
+    from train.finetune import build_model, data_params, load_finetune_config, task_losses
+
+    cfg = load_finetune_config(
+        "configs/finetune/multi_tiny.yaml", [f"model.image_size=[{size[0]},{size[1]}]", "model.depth=4"]
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    spec, pose, dense = data_params(cfg)
+    items = [
+        it for i in range(8) for it in sample_items(person_sample(i, *size), spec, pose, dense, None, ItemReport())
+    ]
+    shared = {k: torch.from_numpy(v) for k, v in collate(items).items()}
+    per_task = []
+    for task in cfg.active_tasks:
+        rows = shared[f"{task}_index"]
+        batch = {"image": shared["image"][rows], f"{task}_index": torch.arange(len(rows))}
+        names = {"pose": ("pose_heatmaps", "pose_weights"), "seg": ("seg",), "depth": ("depth", "depth_mask")}
+        for name in names.get(task, ("normal", "normal_mask")):
+            batch[name] = shared[name]
+        per_task.append(batch)
+
+    def step(batches) -> None:
+        model.zero_grad(set_to_none=True)
+        for batch in batches:
+            loss, _ = task_losses(model, batch, cfg, None)
+            loss.backward()
+
+    step([shared])  # warm-up
+    t_shared = best_of(lambda: step([shared]), repeats)
+    t_separate = best_of(lambda: step(per_task), repeats)
+    print(
+        f"multi-task step, {len(items)} rows at {size[0]}x{size[1]} (tiny, 4 blocks): shared backbone "
+        f"{t_shared * 1e3:.0f} ms, task by task {t_separate * 1e3:.0f} ms -> ratio {t_separate / t_shared:.2f}x"
+    )
+
+
+def bench_data(size: tuple[int, int], repeats: int) -> None:
+    from ft_synthetic import person_sample, write_shards
+
+    from data_engine.shards import iter_samples
+    from train.data_finetune import LabelSpec, iter_items
+    from train.transforms.dense import DenseParams
+    from train.transforms.pose import TopDownParams
+
+    with tempfile.TemporaryDirectory() as folder:
+        write_shards(os.path.join(folder, "people"), [person_sample(i, 256, 192) for i in range(32)], max_count=16)
+        spec = LabelSpec(tasks=("pose", "seg", "depth", "normal"), keypoint_set="coco17")
+        pose, dense = TopDownParams(input_size=size), DenseParams(input_size=size)
+
+        def decode_only() -> int:
+            return sum(1 for _ in iter_samples(folder))
+
+        def rows() -> int:
+            return sum(1 for _ in iter_items(folder, spec, pose, dense, seed=0, epochs=1))
+
+        n = rows()
+        t_decode = best_of(decode_only, repeats)
+        t_rows = best_of(rows, repeats)
+    print(
+        f"data: 32 samples 256x192 (all labels) -> {n} rows at {size[0]}x{size[1]}: "
+        f"decode alone {t_decode * 1e3:.0f} ms "
+        f"({32 / t_decode:.0f} samples/s), decode + augment + targets {t_rows * 1e3:.0f} ms ({n / t_rows:.0f} rows/s) "
+        f"-> ratio {t_rows / t_decode:.2f}x"
+    )
+
+
+def bench_decode(repeats: int) -> None:
+    from train.transforms.pose import decode_heatmaps, udp_heatmaps
+
+    rng = np.random.default_rng(0)
+    maps = np.stack(
+        [
+            udp_heatmaps(rng.uniform(8, 180, (308, 2)), np.ones(308, bool), (256, 192), (64, 48), 2.0)[0]
+            for _ in range(8)
+        ]
+    )
+
+    def argmax_only() -> None:
+        flat = maps.reshape(8, 308, -1)
+        idx = flat.argmax(-1)
+        np.stack([idx % 48, idx // 48], -1)
+
+    t_argmax = best_of(argmax_only, repeats * 4)
+    t_dark = best_of(lambda: decode_heatmaps(maps), repeats * 4)
+    t_blur = best_of(lambda: decode_heatmaps(maps, blur_kernel=5), repeats)
+    print(
+        f"heatmap decode, 8 x 308 maps of 64x48: argmax {t_argmax * 1e3:.1f} ms, "
+        f"+ DARK refinement {t_dark * 1e3:.1f} ms "
+        f"-> ratio {t_dark / t_argmax:.2f}x; with 5x5 blur {t_blur * 1e3:.1f} ms -> ratio {t_blur / t_argmax:.2f}x"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, nargs=2, default=(128, 96), metavar=("H", "W"))
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1)))
+    size = (args.size[0], args.size[1])
+    bench_multitask(size, args.repeats)
+    bench_data(size, args.repeats)
+    bench_decode(args.repeats)
+
+
+if __name__ == "__main__":
+    main()
