@@ -12,6 +12,8 @@ import os
 import sys
 
 PREVIEW = "preview"
+# With neither scans nor --bodies, the contract is "random parametric humans": this many.
+DEFAULT_BODIES = 10
 
 
 class _InputsAnywhereParser(argparse.ArgumentParser):
@@ -94,8 +96,8 @@ def _main(args: argparse.Namespace) -> int:
     if scans:
         config.scans = list(config.scans) + scans
     if not config.scans and config.bodies.count == 0:
-        print("hv synth: nothing to render: give scans or folders, or --bodies N", file=sys.stderr)
-        return 2
+        config.bodies.count = DEFAULT_BODIES
+        print(f"hv synth: no scans given: rendering {DEFAULT_BODIES} random bodies (set --bodies N)", file=sys.stderr)
     if config.background.dir and not os.path.isdir(config.background.dir):
         print(f"hv synth: --backgrounds {config.background.dir}: no such folder", file=sys.stderr)
         return 2

@@ -148,8 +148,6 @@ def test_config_errors_fail_at_start_up(tmp_path, scan_dir, capsys):
     assert "focal" in capsys.readouterr().err
     assert hv(str(scan_dir), "--out", out, "--size", "12x") == 2
     assert "1024x768" in capsys.readouterr().err
-    assert hv("--out", out) == 2
-    assert "nothing to render" in capsys.readouterr().err
     assert hv(str(scan_dir), "--out", out, "views=0") == 2
     assert "views must be >= 1" in capsys.readouterr().err
     assert hv(str(scan_dir), "--out", out, "camera.fill=[0.9,0.2]") == 2
@@ -222,3 +220,28 @@ def test_shipped_configs_load_and_default_yaml_matches_the_dataclasses(tmp_path)
         load_config(None, ["lights.kinds=[laser]"])
     with pytest.raises(ConfigError, match=r"bad\.yml"):
         load_config(str(tmp_path / "bad.yml"))
+
+
+@pytest.mark.slow
+def test_no_scans_renders_default_bodies(tmp_path, monkeypatch, capsys):
+    import synth.cli
+
+    monkeypatch.setattr(synth.cli, "DEFAULT_BODIES", 2)  # the real default is 10; two show the behaviour
+    out = tmp_path / "o"
+    assert hv("--out", str(out), "--views", "1", "--size", "64x48", "inline=true") == 0
+    assert "no scans given: rendering 2 random bodies" in capsys.readouterr().err
+    rows = pq.read_table(out / "manifest.parquet").to_pylist()
+    assert sorted(r["subject"] for r in rows) == ["body-0-000000", "body-0-000001"]
+    assert all(r["status"] == "done" for r in rows)
+
+
+def test_split_is_per_subject_stable_and_follows_the_fraction():
+    from synth.engine import split_of
+
+    ids = [f"body-0-{i:06d}" for i in range(2000)]
+    held = [split_of(i, 0.1) == "heldout" for i in ids]
+    assert 0.08 < sum(held) / len(ids) < 0.12
+    assert held == [split_of(i, 0.1) == "heldout" for i in ids]  # same answer every time
+    assert all(split_of(i, 0.0) == "train" for i in ids) and all(split_of(i, 1.0) == "heldout" for i in ids)
+    # Growing the held-out fraction only moves subjects from train to held-out, never back.
+    assert all(split_of(i, 0.2) == "heldout" for i, h in zip(ids, held, strict=True) if h)
