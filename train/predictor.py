@@ -8,7 +8,7 @@
     dense[0].seg, dense[0].depth, dense[0].normal   # (H, W) uint8 class ids, (H, W) float32, (H, W, 3) float32
     predictor.keypoint_names, predictor.class_names, predictor.tasks
 
-The checkpoint is the `model.safetensors` a fine-tuning run writes (or `hv train finetune-export RUN`): fp32
+The checkpoint is the `model.safetensors` a fine-tuning run writes (or `hv train export-weights RUN`): fp32
 weights with the resolved config in the header, so it needs no other file. Images of any size: pose crops
 each box to the model's input (as in training, without augmentation); dense tasks fit the whole image into
 the input and map every output back to the original pixels. `flip_test=True` also predicts the mirrored
