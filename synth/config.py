@@ -55,6 +55,7 @@ class ScanConfig:
     min_height_m: float = 0.3  # a person (or a bust) shorter than this is a units mistake
     max_height_m: float = 2.6
     max_faces: int = 5_000_000  # larger meshes are refused (decimate them first)
+    max_file_mb: float = 2048.0  # checked before loading, so a huge file is refused instead of exhausting memory
     flat_color: list[float] = field(default_factory=lambda: [0.7, 0.6, 0.55])  # when the texture is missing
     landmark_tolerance_m: float = 0.01  # a landmark within this of the visible surface counts as visible
 

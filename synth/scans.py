@@ -168,6 +168,9 @@ def _read_sidecar(path: str) -> dict:
 
 def _load_meshes(path: str, config: ScanConfig) -> list[trimesh.Trimesh]:
     name = os.path.basename(path)
+    size_mb = os.path.getsize(path) / 2**20
+    if size_mb > config.max_file_mb:
+        raise ScanError(f"{name}: {size_mb:.0f} MB is over scan.max_file_mb={config.max_file_mb:g}; decimate it first")
     try:
         # process=False keeps duplicated vertices at UV seams; merging them breaks the texture.
         loaded = trimesh.load(path, process=False)

@@ -83,6 +83,8 @@ def test_bad_inputs_have_clear_reasons(tmp_path, textured_person):
         load_scan(str(tmp_path / "nan.ply"), cfg)
     with pytest.raises(ScanError, match=r"whole.glb: \d+ faces is over scan.max_faces=100"):
         load_scan(str(tmp_path / "whole.glb"), ScanConfig(up_axis="z", max_faces=100))
+    with pytest.raises(ScanError, match=r"whole.glb: \d+ MB is over scan.max_file_mb=0.001"):
+        load_scan(str(tmp_path / "whole.glb"), ScanConfig(up_axis="z", max_file_mb=0.001))
 
 
 def test_sidecar_landmarks_and_labels(tmp_path, textured_person, write_obj):
