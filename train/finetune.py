@@ -380,21 +380,23 @@ def task_losses(
     """
     tasks = cfg.active_tasks
     routes = {t: batch[f"{t}_index"] for t in tasks if f"{t}_index" in batch}
-    outputs = model(batch["image"], routes)
+    # A head with no row in this batch still runs on row 0, its output times 0: every parameter then gets a
+    # (zero) gradient through an ordinary module call, which ZeRO's gradient partitioning (and, at stage 3,
+    # its parameter gathering) expects. One extra row through a head costs little next to the backbone.
+    absent = [t for t in tasks if t not in routes]
+    first_row = torch.zeros(1, dtype=torch.long, device=batch["image"].device)
+    outputs = model(batch["image"], {**routes, **{t: first_row for t in absent}})
     weights = {"pose": cfg.pose.loss_weight, "seg": cfg.seg.loss_weight}
     weights |= {"depth": cfg.depth.loss_weight, "normal": cfg.normal.loss_weight}
     total = batch["image"].new_zeros(())
     logs: dict[str, float] = {}
     for task in tasks:
-        rows = len(routes[task]) if task in routes else 0
-        logs[f"rows_{task}"] = float(rows)
-        if task not in outputs:
-            # No row for this head: a zero that still touches its parameters, so ZeRO sees a gradient for each.
-            head = _unwrap(model).heads[task]
-            total = total + sum(p.sum() for p in head.parameters()) * 0.0
+        logs[f"rows_{task}"] = float(len(routes[task])) if task in routes else 0.0
+        pred = outputs[task]
+        if task in absent:
+            total = total + pred.sum() * 0.0
             logs[f"loss_{task}"] = 0.0
             continue
-        pred = outputs[task]
         if task == "pose":
             loss = heatmap_mse(pred, batch["pose_heatmaps"], batch["pose_weights"])
         elif task == "seg":
@@ -406,10 +408,6 @@ def task_losses(
         logs[f"loss_{task}"] = float(loss.detach())
         total = total + weights[task] * loss
     return total, logs
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)  # the DeepSpeed engine keeps the model as .module
 
 
 # ---------------------------------------------------------------------------------------------- the batches

@@ -146,3 +146,30 @@ def test_bad_commands_fail_at_start_up(tmp_path, shards, capsys, extra, message)
 def test_missing_config_file_is_named(tmp_path, capsys) -> None:
     assert hv("train", "finetune", "--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "r")) == 2
     assert "nope.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_multi_task_at_zero3_with_heads_missing_rows(tmp_path) -> None:
+    """ZeRO-3 builds the model inside deepspeed.zero.Init; batches that lack a task's rows still step (the
+    absent head runs on one row, times zero) and the export consolidates the partitioned weights."""
+    from data_engine.sample import Sample
+    from train.predictor import Predictor
+
+    people = [person_sample(i, 64, 48) for i in range(4)]
+    only_pose = [Sample(key=s.key, image=s.image, meta=dict(s.meta), pose=s.pose) for s in people[:2]]
+    only_seg = [Sample(key=s.key, image=s.image, meta=dict(s.meta), seg=s.seg, mask=s.mask) for s in people[2:]]
+    write_shards(str(tmp_path / "mixed"), only_pose + only_seg, max_count=2)
+    out = str(tmp_path / "run")
+    code = hv(
+        "train", "finetune", "--task", "multi", "--config", os.path.join(ROOT, "configs/finetune/multi_tiny.yaml"),
+        "--out", out, "--in-process", f"data.shards={tmp_path}", "tasks=[pose,seg,depth]", "zero_stage=3",
+        "steps=3", "optim.warmup_steps=1", "batch_size=2", "data.shuffle_buffer=1", "log_every=1", "model.depth=2",
+        "model.image_size=[64,48]", "model.head_channels=8", "progress=false", "tensorboard=false",
+    )  # fmt: skip
+    assert code == 0
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    assert len(rows) == 3 and all(np.isfinite(r["loss"]) for r in rows)
+    assert all(r["rows_depth"] == 0 and r["loss_depth"] == 0 for r in rows)  # no sample has depth
+    assert any(r["rows_pose"] == 0 for r in rows) or any(r["rows_seg"] == 0 for r in rows)
+    assert Predictor(out).tasks == ("pose", "seg", "depth")
