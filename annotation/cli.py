@@ -60,7 +60,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict = sub.add_parser("predict", help="import pre-annotations from shards' pose.json / seg.png")
     predict.add_argument("shards", nargs="+", metavar="SHARDS")
     predict.add_argument("--task", choices=("pose", "seg"), required=True)
-    predict.add_argument("--model-version", default="shard-labels")
+    predict.add_argument("--model-version", default=None, help="default: shard-labels, or the checkpoint's name")
+    predict.add_argument(
+        "--checkpoint",
+        default=None,
+        help="a fine-tuned run or model.safetensors: predict with the model, not the shards",
+    )
+    predict.add_argument("--device", default="cpu", help="with --checkpoint: cpu or cuda")
     _server_args(predict)
     predict.set_defaults(func=_predict)
 
@@ -164,14 +170,30 @@ def _predict(args: argparse.Namespace) -> int:
         from annotation.predict import predict
 
         config = _settings(args)
+        model_version = args.model_version or "shard-labels"
+        kwargs = {}
+        if args.checkpoint:
+            from annotation.model_predictor import model_predictor
+
+            try:
+                kwargs["predictor"] = model_predictor(args.checkpoint, args.task, device=args.device)
+            except (OSError, ValueError) as e:
+                raise AnnotationError(f"cannot load the model: {e}") from None
+            model_version = args.model_version or _checkpoint_version(args.checkpoint)
         with _studio(args, config) as studio:
             report = predict(
-                studio, args.shards, args.project, args.task, config, args.model_version, progress=not args.quiet
+                studio, args.shards, args.project, args.task, config, model_version, progress=not args.quiet, **kwargs
             )
         print(report.summary())
         return _report_skips("predict", report.skipped)
 
     return _guarded("predict", run)
+
+
+def _checkpoint_version(checkpoint: str) -> str:
+    """A model version naming the run: `finetune-pose` for runs/finetune-pose/model.safetensors."""
+    path = Path(checkpoint).resolve()
+    return path.parent.name if path.is_file() else path.name
 
 
 def _pull(args: argparse.Namespace) -> int:

@@ -134,7 +134,13 @@ def predict(
 
     def flush() -> None:
         if batch:
-            report.created += studio.import_predictions(report.project_id, batch)
+            created = studio.import_predictions(report.project_id, batch)
+            report.created += created
+            if created < len(batch):
+                # Label Studio answers 200 and drops results it finds invalid; never let that pass unseen.
+                report.skipped.append(
+                    {"key": None, "reason": f"Label Studio created only {created} of {len(batch)} predictions"}
+                )
             batch.clear()
 
     for sample in tqdm(
@@ -158,9 +164,10 @@ def predict(
             report.skipped.append({"key": sample.key, "reason": str(e)})
             continue
         has_version.add(task_id)
-        batch.append(
-            {"task": task_id, "result": result, "score": float(prediction.score), "model_version": model_version}
-        )
+        # Label Studio 1.23 answers 200 but creates nothing for a score outside [0, 1] (seen with raw heatmap
+        # peaks of an early model): clamp it.
+        score = min(max(float(prediction.score), 0.0), 1.0)
+        batch.append({"task": task_id, "result": result, "score": score, "model_version": model_version})
         if len(batch) >= config.batch_size:
             flush()
     flush()
