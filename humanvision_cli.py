@@ -13,7 +13,7 @@ import sys
 
 # Modules that register subcommands, in the order of `hv --help`. A package without commands yet has no
 # `cli` module and is skipped.
-CLI_MODULES = ("data_engine.cli", "synth.cli", "annotation.cli", "train.cli", "eval.cli")
+CLI_MODULES = ("data_engine.cli", "synth.cli", "annotation.cli", "train.cli", "eval.cli", "demo.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,8 +10,9 @@ LS_VENV=${LS_VENV:-.venv-ls}
 LS_VERSION=${LS_VERSION:-1.23.2}
 WITH_LABEL_STUDIO=${WITH_LABEL_STUDIO:-1}
 
-# Headless EGL rendering (pyrender on Mesa's software renderer) needs these.
-APT_PACKAGES=(libegl1 libegl-mesa0 libgl1-mesa-dri libgl1 libopengl0)
+# Headless EGL rendering (pyrender on Mesa's software renderer) needs the GL libraries; the demo's test
+# opens the HTML report in headless Chromium.
+APT_PACKAGES=(libegl1 libegl-mesa0 libgl1-mesa-dri libgl1 libopengl0 chromium)
 
 # pip repeats a harmless warning for every package about local index folders this machine lacks.
 quiet_pip() { "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }; }

@@ -1,0 +1,270 @@
+"""The main job: `hv demo --out runs/demo` (or `make demo`) runs the whole factory end to end on data it
+makes itself, with no network and nothing of the user's:
+
+ 1. synth     parametric bodies rendered with full ground truth, split into train and held-out subjects
+ 2. curate    real photos shipped in packages + renders + duplicates + bad files through the curation DAG
+ 3. pretrain  MAE on a tiny ViT with DeepSpeed ZeRO-2 on 2 CPU processes (curated + synthetic train images)
+ 4. finetune  pose, seg, depth and normal heads on one backbone, from the MAE weights and from random init
+ 5. eval      held-out metrics for both runs next to trivial baselines
+ 6. annotate  a local Label Studio with the curated images as tasks and the model's pre-annotations
+ 7. report    OUT/report.html and OUT/summary.json
+
+Each stage is the real `hv` command a user would run (its log in OUT/logs/), its outputs left in OUT/ to
+inspect. Re-running the same command continues where a killed run stopped: every stage resumes or skips.
+The annotation stage runs after fine-tuning so that its pre-annotations come from the demo's own model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from demo.stages import StageLog, hv_command, run_stage
+
+Profile = Literal["full", "smoke"]
+TASKS = ("pose", "seg", "depth", "normal")
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Sizes of one demo run. `full` is `make demo` (about 10-15 minutes on 2 cores); `smoke` is the test's."""
+
+    bodies: int
+    views: int
+    render_size: str  # W x H of the renders
+    heldout_fraction: float
+    renders_to_curate: int  # renders copied among the curation inputs
+    curate_min_short_side: int  # the renders are small; real photos are far above any of these
+    pretrain_steps: int
+    finetune_steps: int
+    batch_size: int
+    model_depth: int  # ViT blocks of the tiny arch (12 is the arch's own)
+    image_size: tuple[int, int]  # H x W of the model's input (pose crops and dense views)
+
+
+PROFILES: dict[str, DemoSettings] = {
+    "full": DemoSettings(
+        bodies=36,
+        views=3,
+        render_size="192x256",
+        heldout_fraction=0.25,
+        renders_to_curate=4,
+        curate_min_short_side=160,
+        pretrain_steps=300,
+        finetune_steps=300,
+        batch_size=16,
+        model_depth=6,
+        image_size=(128, 96),
+    ),
+    "smoke": DemoSettings(
+        bodies=6,
+        views=2,
+        render_size="96x128",
+        heldout_fraction=0.34,
+        renders_to_curate=2,
+        curate_min_short_side=96,
+        pretrain_steps=8,
+        finetune_steps=8,
+        batch_size=4,
+        model_depth=2,
+        image_size=(64, 48),
+    ),
+}
+
+
+@dataclass
+class DemoPaths:
+    out: Path
+
+    @property
+    def synth(self) -> Path:
+        return self.out / "synth"
+
+    @property
+    def splits(self) -> Path:
+        return self.out / "splits"
+
+    @property
+    def curate_inputs(self) -> Path:
+        return self.out / "curate_inputs"
+
+    @property
+    def curate(self) -> Path:
+        return self.out / "curate"
+
+    @property
+    def pretrain(self) -> Path:
+        return self.out / "pretrain"
+
+    def finetune(self, init: str) -> Path:
+        return self.out / f"finetune-{init}"
+
+    def eval(self, init: str, task: str) -> Path:
+        return self.out / "eval" / f"{init}-{task}"
+
+
+def run_demo(out: Path, profile: Profile = "full", labelstudio: bool = True) -> dict:
+    """Run every stage; returns the summary (also written to OUT/summary.json)."""
+    settings = PROFILES[profile]
+    paths = DemoPaths(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "demo-settings.json").write_text(json.dumps({"profile": profile, **asdict(settings)}, indent=2))
+    log = StageLog(out)
+
+    log.banner(f"1/7 synth: {settings.bodies} parametric bodies x {settings.views} views at {settings.render_size}")
+    run_stage(
+        log,
+        "synth",
+        hv_command(
+            "synth",
+            "--out",
+            str(paths.synth),
+            "--bodies",
+            str(settings.bodies),
+            "--views",
+            str(settings.views),
+            "--size",
+            settings.render_size,
+            "--seed",
+            "0",
+            f"heldout_fraction={settings.heldout_fraction}",
+        ),
+    )
+    run_stage(log, "synth-preview", hv_command("synth", "preview", str(paths.synth), "--out", str(out / "renders.png")))
+    from demo.data import split_by_meta
+
+    counts = split_by_meta(paths.synth / "shards", paths.splits)
+    print(f"    splits: {counts}", flush=True)
+
+    log.banner("2/7 curate: photos from installed packages, renders, duplicates and bad files")
+    from demo.data import export_renders
+    from demo.inputs import build_curation_inputs
+
+    renders = export_renders(paths.splits / "train", out / "render_files", settings.renders_to_curate)
+    inputs = build_curation_inputs(paths.curate_inputs, renders)
+    (out / "curate_inputs.json").write_text(json.dumps([asdict(i) for i in inputs], indent=2))
+    run_stage(
+        log,
+        "curate",
+        hv_command(
+            "curate",
+            str(paths.curate_inputs),
+            "--out",
+            str(paths.curate),
+            "--detector",
+            "none",
+            f"quality.min_short_side={settings.curate_min_short_side}",
+        ),
+    )
+
+    log.banner(f"3/7 pretrain: MAE, tiny ViT, DeepSpeed ZeRO-2 on 2 CPU processes, {settings.pretrain_steps} steps")
+    model_overrides = [f"model.depth={settings.model_depth}"]
+    h, w = settings.image_size
+    run_stage(
+        log,
+        "pretrain",
+        hv_command(
+            "train",
+            "pretrain",
+            "--config",
+            "configs/pretrain/tiny.yaml",
+            "--out",
+            str(paths.pretrain),
+            "--cpus",
+            "2",
+            f"data.shards={paths.curate / 'shards'},{paths.splits / 'train'}",
+            f"steps={settings.pretrain_steps}",
+            f"batch_size={settings.batch_size}",
+            "zero_stage=2",
+            f"ckpt_every={max(settings.pretrain_steps // 3, 1)}",
+            f"log_every={max(settings.pretrain_steps // 50, 1)}",
+            f"model.img_size=[{h},{w}]",
+            *model_overrides,
+        ),
+    )
+    run_stage(log, "export-weights", hv_command("train", "export-weights", str(paths.pretrain), "--part", "encoder"))
+
+    log.banner(f"4/7 finetune: pose + seg + depth + normal heads, {settings.finetune_steps} steps, MAE init vs random")
+    for init in ("pretrained", "random"):
+        init_args = ["--init", str(paths.pretrain / "encoder.safetensors")] if init == "pretrained" else []
+        run_stage(
+            log,
+            f"finetune-{init}",
+            hv_command(
+                "train",
+                "finetune",
+                "--task",
+                "multi",
+                "--config",
+                "configs/finetune/multi_tiny.yaml",
+                "--out",
+                str(paths.finetune(init)),
+                "--in-process",
+                *init_args,
+                f"data.shards={paths.splits / 'train'}",
+                f"steps={settings.finetune_steps}",
+                f"batch_size={settings.batch_size}",
+                f"log_every={max(settings.finetune_steps // 50, 1)}",
+                f"model.image_size=[{h},{w}]",
+                *model_overrides,
+            ),
+        )
+
+    log.banner("5/7 eval: held-out subjects, both runs and the trivial baselines")
+    for init in ("pretrained", "random"):
+        for task in TASKS:
+            run_stage(
+                log,
+                f"eval-{init}-{task}",
+                hv_command(
+                    "eval",
+                    task,
+                    "--checkpoint",
+                    str(paths.finetune(init)),
+                    "--shards",
+                    str(paths.splits / "heldout"),
+                    "--out-dir",
+                    str(paths.eval(init, task)),
+                ),
+            )
+    from demo.baselines import baseline_metrics
+
+    baselines = baseline_metrics(paths.splits / "train", paths.splits / "heldout", paths.eval("pretrained", "pose"))
+    (out / "eval" / "baselines.json").write_text(json.dumps(baselines, indent=2))
+    from demo.summary import build_summary
+
+    summary = build_summary(paths, baselines)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+
+    log.banner("6/7 annotate: Label Studio with the curated images and the model's pre-annotations")
+    annotation_note: dict
+    if labelstudio:
+        from demo.annotate import annotate_stage
+
+        annotation_note = annotate_stage(paths, log)
+    else:
+        annotation_note = {"skipped": "run with --no-labelstudio: no Label Studio server was started"}
+        print(f"    {annotation_note['skipped']}", flush=True)
+    (out / "annotation.json").write_text(json.dumps(annotation_note, indent=2))
+
+    log.banner("7/7 report")
+    from demo.report import write_demo_report
+
+    report = write_demo_report(paths, summary, annotation_note, log.timings)
+    log.save()
+    print(f"\nreport: {report}\nsummary: {out / 'summary.json'}", flush=True)
+    for task, row in summary.items():
+        better = "higher" if row["higher_is_better"] else "lower"
+        print(
+            f"  {task:<7} {row['metric']:<8} ({better} is better)  pretrained {row['pretrained']:.4f}  "
+            f"random init {row['random_init']:.4f}  baseline {row['baseline']:.4f}"
+        )
+    return summary
+
+
+def clean(out: Path) -> None:
+    if out.exists():
+        shutil.rmtree(out)

@@ -1,0 +1,31 @@
+"""summary.json: one headline metric per task for the MAE-initialised run, the random-init run and the baseline."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+# task -> (metric key in the eval output, higher is better)
+HEADLINE: dict[str, tuple[str, bool]] = {
+    "pose": ("AP", True),
+    "seg": ("mIoU", True),
+    "depth": ("rmse", False),
+    "normal": ("mean", False),
+}
+
+
+def build_summary(paths: Any, baselines: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    summary: dict[str, dict[str, Any]] = {}
+    for task, (metric, higher) in HEADLINE.items():
+        runs = {}
+        for init in ("pretrained", "random"):
+            metrics = json.loads((paths.eval(init, task) / "metrics.json").read_text())
+            runs[init] = float(metrics[metric])
+        summary[task] = {
+            "metric": metric,
+            "higher_is_better": higher,
+            "pretrained": runs["pretrained"],
+            "random_init": runs["random"],
+            "baseline": float(baselines[task][metric]),
+        }
+    return summary
