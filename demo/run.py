@@ -40,8 +40,10 @@ class DemoSettings:
     curate_min_short_side: int  # the renders are small; real photos are far above any of these
     pretrain_steps: int
     finetune_steps: int
-    batch_size: int
+    pretrain_batch_size: int
+    finetune_batch_size: int  # smaller: every row also runs the heads' full-resolution deconvolutions
     model_depth: int  # ViT blocks of the tiny arch (12 is the arch's own)
+    head_channels: int  # width of the task heads; their full-resolution deconvolutions dominate a CPU step
     image_size: tuple[int, int]  # H x W of the model's input (pose crops and dense views)
 
 
@@ -54,10 +56,12 @@ PROFILES: dict[str, DemoSettings] = {
         renders_to_curate=4,
         curate_min_short_side=160,
         pretrain_steps=300,
-        finetune_steps=300,
-        batch_size=16,
+        finetune_steps=250,
+        pretrain_batch_size=16,
+        finetune_batch_size=8,
         model_depth=6,
-        image_size=(128, 96),
+        head_channels=16,
+        image_size=(96, 64),
     ),
     "smoke": DemoSettings(
         bodies=6,
@@ -68,8 +72,10 @@ PROFILES: dict[str, DemoSettings] = {
         curate_min_short_side=96,
         pretrain_steps=8,
         finetune_steps=8,
-        batch_size=4,
+        pretrain_batch_size=4,
+        finetune_batch_size=4,
         model_depth=2,
+        head_channels=8,
         image_size=(64, 48),
     ),
 }
@@ -177,7 +183,7 @@ def run_demo(out: Path, profile: Profile = "full", labelstudio: bool = True) -> 
             "2",
             f"data.shards={paths.curate / 'shards'},{paths.splits / 'train'}",
             f"steps={settings.pretrain_steps}",
-            f"batch_size={settings.batch_size}",
+            f"batch_size={settings.pretrain_batch_size}",
             "zero_stage=2",
             f"ckpt_every={max(settings.pretrain_steps // 3, 1)}",
             f"log_every={max(settings.pretrain_steps // 50, 1)}",
@@ -206,9 +212,10 @@ def run_demo(out: Path, profile: Profile = "full", labelstudio: bool = True) -> 
                 *init_args,
                 f"data.shards={paths.splits / 'train'}",
                 f"steps={settings.finetune_steps}",
-                f"batch_size={settings.batch_size}",
+                f"batch_size={settings.finetune_batch_size}",
                 f"log_every={max(settings.finetune_steps // 50, 1)}",
                 f"model.image_size=[{h},{w}]",
+                f"model.head_channels={settings.head_channels}",
                 *model_overrides,
             ),
         )

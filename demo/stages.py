@@ -38,6 +38,30 @@ def hv_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "humanvision_cli", *args]
 
 
+def _next_line_end(data: bytes) -> int:
+    ends = [i for i in (data.find(b"\n"), data.find(b"\r")) if i >= 0]
+    return min(ends) if ends else -1
+
+
+_redrawing = False
+
+
+def _show(text: str, redraw: bool, log_path: Path) -> None:
+    """The terminal gets a readable digest (a metrics JSON line is thousands of characters); the log file
+    keeps everything. A line ended by a carriage return (a progress bar) is overwritten by the next one."""
+    global _redrawing
+    if len(text) > _MAX_SHOWN:
+        text = text[:_MAX_SHOWN] + f" ... (full line in {log_path})"
+    if redraw:
+        if text:
+            sys.stdout.write("\r    " + text)
+            _redrawing = True
+    else:
+        sys.stdout.write(("\r" if _redrawing else "") + "    " + text + "\n")
+        _redrawing = False
+    sys.stdout.flush()
+
+
 def run_stage(log: StageLog, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> float:
     """Run one command, tee its output to `logs/<name>.log`; raise StageFailed on a non-zero exit."""
     logs = log.out / "logs"
@@ -45,18 +69,21 @@ def run_stage(log: StageLog, name: str, argv: Sequence[str], env: dict[str, str]
     log_path = logs / f"{name}.log"
     full_env = {**os.environ, **(env or {})}
     start = time.monotonic()
-    with open(log_path, "w") as sink:
-        sink.write("$ " + " ".join(argv) + "\n")
+    with open(log_path, "wb") as sink:
+        sink.write(("$ " + " ".join(argv) + "\n").encode())
         sink.flush()
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env, text=True)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env)
         assert proc.stdout is not None
-        for line in proc.stdout:
-            sink.write(line)
-            # The terminal gets a readable digest (a metrics JSON line is thousands of characters); the log
-            # file keeps everything.
-            shown = line if len(line) <= _MAX_SHOWN else line[:_MAX_SHOWN] + f" ... (full line in {log_path})\n"
-            sys.stdout.write("    " + shown)
-            sys.stdout.flush()
+        pending = b""
+        while chunk := proc.stdout.read1(1 << 16):
+            sink.write(chunk)
+            pending += chunk
+            # Split on both line ends: a progress bar redraws itself with carriage returns.
+            while (cut := _next_line_end(pending)) >= 0:
+                _show(pending[:cut].decode(errors="replace"), pending[cut : cut + 1] == b"\r", log_path)
+                pending = pending[cut + 1 :]
+        if pending:
+            _show(pending.decode(errors="replace"), False, log_path)
         code = proc.wait()
     seconds = time.monotonic() - start
     log.timings[name] = round(seconds, 1)
