@@ -1,5 +1,6 @@
 """The curation DAG: inputs -> read/decode/quality/phash (Ray tasks) -> person detection (Ray actors) ->
-global dedup (driver) -> shard members (Ray tasks) -> atomic shards + manifest (driver).
+global dedup (driver) -> shard members (driver threads; Ray tasks for re-encodes) -> atomic shards + manifest
+(driver).
 
     hv curate photos/ more/*.jpg list.parquet --out runs/curated --detector none
     hv curate s3://bucket/raw/ --out /mnt/shared/curated --ray-address auto detector.concurrency=8
@@ -34,17 +35,19 @@ import signal
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data_engine import manifest as manifest_lib
-from data_engine.analysis import ANALYSIS_SCHEMA, analyse_batch, members_batch
+from data_engine.analysis import ANALYSIS_SCHEMA, analyse_batch, build_members, members_batch
 from data_engine.curate_config import CurateConfig, DetectorName, check_same_policy, to_yaml
 from data_engine.decode import reason_code
 from data_engine.dedup import Candidate, decide
@@ -145,6 +148,7 @@ def ray_session(cfg: CurateConfig) -> Iterator[None]:
                 include_dashboard=False,
                 object_store_memory=cfg.object_store_mb * 1024 * 1024,
                 _temp_dir=temp,
+                _system_config={"worker_niceness": cfg.worker_niceness},
                 **common,
             )
         started = True
@@ -202,6 +206,40 @@ def members_dataset(records: pa.Table, cfg: CurateConfig):
 
     ds = ray.data.from_arrow(_blocks(records, cfg.images_per_task))
     return ds.map_batches(members_batch, fn_kwargs={"cfg": cfg}, batch_format="pyarrow", batch_size=None, num_cpus=1)
+
+
+def _member_row(record: dict[str, Any], cfg: CurateConfig) -> dict[str, Any]:
+    """build_members with every MEMBERS_SCHEMA column present, as the Ray path gives them."""
+    return {"image": None, "json": None, "error": None, **build_members(record, cfg)}
+
+
+def shard_members(
+    records: pa.Table, cfg: CurateConfig, ensure_ray: Callable[[], None], pool: ThreadPoolExecutor
+) -> Iterator[dict[str, Any]]:
+    """Shard members (MEMBERS_SCHEMA rows) of accepted records, in no particular order.
+
+    Records whose original bytes go into the shard unchanged (nearly all) are read and hashed here, by a few
+    threads: every byte of a shard passes through this process's writer anyway, so shipping it through a Ray
+    task and the object store first only adds copies and a dataset start-up (measured on 1000 JPEGs of
+    1024x768: 2.1 s through Ray, 0.7 s with 4 threads). Records that need a re-encode (EXIF rotation, another
+    mode or format) decode and encode the full image: CPU work that belongs on the workers, so Ray does those.
+    """
+    reencode = pc.is_valid(records.column("reencode"))
+    heavy = records.filter(reencode)
+    if heavy.num_rows:
+        ensure_ray()
+        for batch in members_dataset(heavy, cfg).iter_batches(batch_format="pyarrow", batch_size=None):
+            yield from batch.to_pylist()
+    light = records.filter(pc.invert(reencode))
+    # A bounded window of reads in flight: the writer, not the readers, sets the pace, so memory stays at
+    # about `window` images whatever the chunk size.
+    window: deque[Future] = deque()
+    for record in light.to_pylist():
+        window.append(pool.submit(_member_row, record, cfg))
+        if len(window) >= 4 * cfg.write_threads:
+            yield window.popleft().result()
+    while window:
+        yield window.popleft().result()
 
 
 # --------------------------------------------------------------------------------------------- the phases
@@ -353,7 +391,6 @@ def write_phase(cfg: CurateConfig, state: State, ensure_ray: Callable[[], None],
     todo = accepted - _written_uris(state)
     if not todo:
         return 0
-    ensure_ray()
     unshelved: dict[str, dict[str, Any]] = {}  # written into the open shard, not yet recorded
     errors: list[dict[str, Any]] = []
 
@@ -367,23 +404,24 @@ def write_phase(cfg: CurateConfig, state: State, ensure_ray: Callable[[], None],
     progress = _Progress(cfg.progress, "write")
     written = 0
     prefix = os.path.join(state.shards, SHARD_PREFIX)
+    pool = ThreadPoolExecutor(cfg.write_threads, thread_name_prefix="hv-curate-read")
     try:
         with ShardWriter(prefix, cfg.shard_max_count, cfg.shard_max_bytes, on_shard=on_shard) as writer:
             for records in _pending_records(state, todo, cfg.chunk_size):
-                for batch in members_dataset(records, cfg).iter_batches(batch_format="pyarrow", batch_size=None):
-                    for row in batch.to_pylist():
-                        if row["error"]:
-                            errors.append({"uri": row["uri"], "key": row["key"], "shard": None, "error": row["error"]})
-                            continue
-                        unshelved[row["key"]] = {"uri": row["uri"], "key": row["key"], "error": None}
-                        writer.write(
-                            {"__key__": row["key"].encode(), row["image_format"]: row["image"], "json": row["json"]}
-                        )
-                        written += 1
-                        progress.update(1, written=1)
+                for row in shard_members(records, cfg, ensure_ray, pool):
+                    if row.get("error"):
+                        errors.append({"uri": row["uri"], "key": row["key"], "shard": None, "error": row["error"]})
+                        continue
+                    unshelved[row["key"]] = {"uri": row["uri"], "key": row["key"], "error": None}
+                    writer.write(
+                        {"__key__": row["key"].encode(), row["image_format"]: row["image"], "json": row["json"]}
+                    )
+                    written += 1
+                    progress.update(1, written=1)
         if errors:  # failures after the last shard closed: no shard part carries them, so they get their own
             state.append(state.written, pa.Table.from_pylist(errors, schema=WRITTEN_SCHEMA))
     finally:
+        pool.shutdown(cancel_futures=True)
         progress.close()
     return written
 

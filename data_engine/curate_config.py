@@ -123,10 +123,15 @@ class CurateConfig:
     ray_address: str = ""  # empty: start a local Ray; else join that cluster ("auto", "ray://host:10001")
     num_cpus: int = 0  # local Ray only; 0 = all cores
     object_store_mb: int = 256  # local Ray only
+    # Local Ray only: the nice value of Ray's worker processes. Ray's default 15 makes the job yield the CPU to
+    # every other process on the machine (the driver and Ray's own daemons stay at 0); on a machine shared with
+    # other work that can cut the job's throughput several-fold. 0 competes on equal terms.
+    worker_niceness: int = 15
     uri_column: str = "uri"  # the URI column of .csv and .parquet list files
     chunk_size: int = 20_000  # inputs per Ray Dataset; the driver holds at most one chunk of URIs
     images_per_task: int = 32  # images per Ray task (block); bigger amortises scheduling, smaller balances load
     checkpoint_rows: int = 1_000  # analysis rows per checkpoint file: the work a kill -9 can cost
+    write_threads: int = 4  # threads reading accepted files for the shards (I/O: local disk or object store)
     shard_max_count: int = 1_000
     shard_max_bytes: int = 500_000_000
     progress: bool = True
@@ -192,9 +197,18 @@ def validate(cfg: CurateConfig) -> None:
     for name in ("batch_size", "concurrency"):
         if getattr(d, name) < 1:
             raise ConfigError(f"detector.{name} must be >= 1")
-    for name in ("chunk_size", "images_per_task", "checkpoint_rows", "shard_max_count", "shard_max_bytes"):
+    for name in (
+        "chunk_size",
+        "images_per_task",
+        "checkpoint_rows",
+        "write_threads",
+        "shard_max_count",
+        "shard_max_bytes",
+    ):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if not 0 <= cfg.worker_niceness <= 19:
+        raise ConfigError(f"worker_niceness must be in [0, 19], got {cfg.worker_niceness}")
     if cfg.decode.analysis_max_side < 32:
         raise ConfigError("decode.analysis_max_side must be >= 32")
 

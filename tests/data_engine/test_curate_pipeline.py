@@ -3,6 +3,7 @@ re-runs only report, new inputs are deduplicated against earlier runs, detectors
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -201,3 +202,41 @@ def test_hog_detector_runs_in_the_dag(ray_local, corpus, tmp_path):
     assert row["detector"] == "hog" and row["status"] == "accepted" and row["num_persons"] >= 1
     (sample,) = list(iter_samples(str(tmp_path / "out" / "shards")))
     assert sample.meta["persons"] and all(p["detector"] == "hog" for p in sample.meta["persons"])
+
+
+def test_write_members_copies_in_threads_reencodes_in_ray_and_records_changed_files(ray_local, corpus, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow as pa
+    from skimage import data
+
+    from data_engine.analysis import ANALYSIS_SCHEMA, analyse_uri
+    from data_engine.curate import shard_members
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    names = ["astronaut.jpg", "grace_hopper.jpg", "rocket_exif6.jpg", "coffee_cmyk.jpg"]
+    for name in names:
+        shutil.copy(corpus / "images" / name, folder / name)
+    cfg = _cfg([folder], tmp_path / "out", "write_threads=1")
+    records = pa.Table.from_pylist([analyse_uri(str(folder / n), cfg) for n in names], schema=ANALYSIS_SCHEMA)
+    assert records.column("reencode").null_count == 2  # two byte copies, two re-encodes
+    (folder / "grace_hopper.jpg").unlink()  # a copy that vanished
+    (folder / "coffee_cmyk.jpg").write_bytes((corpus / "images" / "astronaut.jpg").read_bytes())  # a re-encode
+
+    def members(table, ray_calls):
+        with ThreadPoolExecutor(cfg.write_threads) as pool:
+            return {os.path.basename(r["uri"]): r for r in shard_members(table, cfg, lambda: ray_calls.append(1), pool)}
+
+    calls: list[int] = []
+    rows = members(records, calls)
+    assert sorted(rows) == sorted(names) and calls, "every record once; Ray asked for the re-encodes"
+    assert rows["astronaut.jpg"]["image"] == (folder / "astronaut.jpg").read_bytes()
+    assert rows["astronaut.jpg"]["error"] is None and json.loads(rows["astronaut.jpg"]["json"])["width"] == 512
+    rocket = np.asarray(Image.open(io.BytesIO(rows["rocket_exif6.jpg"]["image"])))
+    assert rocket.shape == data.rocket().shape  # upright again: the re-encode applied the EXIF rotation
+    for name in ("grace_hopper.jpg", "coffee_cmyk.jpg"):
+        assert rows[name]["error"].startswith("changed_since_analysis") and rows[name]["image"] is None
+    copies_only = records.filter(pa.compute.is_null(records.column("reencode")))
+    calls.clear()
+    assert len(members(copies_only, calls)) == 2 and not calls, "no Ray start when nothing needs re-encoding"
