@@ -37,6 +37,7 @@ from train.models.mae import MAE, DecoderConfig, mae_flops
 from train.models.vit import ARCHS, arch_config, build_vit
 
 Step = Callable[[], None]
+CPU = torch.device("cpu")
 
 
 @dataclass
@@ -123,7 +124,7 @@ def engine_vs_plain(b: Bench, stages: tuple[int, ...] = (0, 1, 2), before: bool 
         return torch.optim.AdamW(params, lr=1e-4, betas=tuple(optim.betas), weight_decay=0.05)
 
     def new_adamw(params) -> torch.optim.Optimizer:
-        return make_optimizer([{"params": list(params), "weight_decay": 0.05}], TrainConfig(optim=optim), 1e-4)
+        return make_optimizer([{"params": list(params), "weight_decay": 0.05}], TrainConfig(optim=optim), 1e-4, CPU)
 
     contenders: dict[str, Step] = {}
     baseline: dict[str, str] = {}
@@ -171,7 +172,7 @@ def fit_vs_plain(b: Bench, stages: tuple[int, ...] = (0, 1, 2), steps: int = 40)
             steps=steps, batch_size=b.batch, zero_stage=stage, optim=optim, log_every=10, ckpt_every=0, progress=False
         )
         plain_model = bench_mae(b)
-        opt = make_optimizer([{"params": list(plain_model.parameters()), "weight_decay": 0.05}], cfg, 1e-4)
+        opt = make_optimizer([{"params": list(plain_model.parameters()), "weight_decay": 0.05}], cfg, 1e-4, CPU)
         plain = plain_step(plain_model, opt, images, noise, optim.clip_grad)
         fit_cpu: list[float] = []
         plain_cpu: list[float] = []
