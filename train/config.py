@@ -10,6 +10,7 @@ anything starts. `TrainConfig` holds what the engine reads; each task (pretraini
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ class Schedule(str, Enum):
     cosine = "cosine"  # linear warmup, then half a cosine down to min_lr (MAE, Sapiens pretraining)
     poly = "poly"  # linear warmup, then (1 - t)^power down to min_lr (Sapiens seg/depth fine-tuning)
     constant = "constant"  # linear warmup, then flat
+    multistep = "multistep"  # linear warmup, then x gamma at each milestone (Sapiens/mmpose pose fine-tuning)
 
 
 @dataclass
@@ -49,6 +51,11 @@ class OptimConfig:
     warmup_start_factor: float = 1e-3  # the first warmup step runs at this fraction of the peak LR
     min_lr: float = 0.0
     poly_power: float = 1.0
+    # multistep: the LR is multiplied by `gamma` once each milestone is reached. Milestones are fractions of the
+    # whole run (warmup included, as mmpose counts epochs from 0), so `steps=` overrides keep them in place;
+    # the default is Sapiens pose's epochs 170 and 200 of 210. Other schedules ignore both keys.
+    milestones: list[float] = field(default_factory=lambda: [170 / 210, 200 / 210])
+    gamma: float = 0.1
     clip_grad: float = 1.0  # global grad-norm clip; 0 = off
 
 
@@ -90,8 +97,24 @@ class TrainConfig:
             raise ConfigError(f"optim.layer_decay must be in (0, 1], got {o.layer_decay}")
         if o.warmup_steps < 0 or o.warmup_steps > self.steps:
             raise ConfigError(f"optim.warmup_steps must be in [0, steps={self.steps}], got {o.warmup_steps}")
+        if o.schedule == Schedule.multistep:
+            validate_milestones(o, self.steps)
         if self.deepspeed_config is not None and not os.path.isfile(self.deepspeed_config):
             raise ConfigError(f"deepspeed_config {self.deepspeed_config!r} does not exist")
+
+
+def validate_milestones(optim: OptimConfig, steps: int) -> None:
+    """multistep: milestones strictly increasing fractions in (0, 1), each after the warmup; 0 < gamma <= 1."""
+    ms = list(optim.milestones)
+    if not all(0 < m < 1 for m in ms) or any(a >= b for a, b in itertools.pairwise(ms)):
+        raise ConfigError(f"optim.milestones must be increasing fractions of the run in (0, 1), got {ms}")
+    if ms and round(ms[0] * steps) < optim.warmup_steps:
+        raise ConfigError(
+            f"optim.milestones[0] = {ms[0]} is step {round(ms[0] * steps)}, inside the {optim.warmup_steps} "
+            f"warmup steps of a {steps}-step run"
+        )
+    if not 0 < optim.gamma <= 1:
+        raise ConfigError(f"optim.gamma must be in (0, 1], got {optim.gamma}")
 
 
 def load_config(schema: type[T], path: str | None = None, overrides: Sequence[str] = ()) -> T:

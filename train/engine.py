@@ -16,8 +16,8 @@
   schedule, checkpoints, resume, logging.
 
 What it does: AdamW over parameter groups (no weight decay on norms, biases, position embeddings and
-tokens; optional layer-wise LR decay through the model's `layer_id(name)`), a warmup + cosine / poly
-LR schedule precomputed per step, gradient clipping and accumulation through DeepSpeed, checkpoints
+tokens; optional layer-wise LR decay through the model's `layer_id(name)`), a warmup + cosine / poly /
+multistep LR schedule precomputed per step, gradient clipping and accumulation through DeepSpeed, checkpoints
 every `ckpt_every` steps and at the end under `RUN/checkpoints/step_XXXXXXXX` (newest
 `keep_checkpoints` kept), `resume="auto"`, `RUN/metrics.jsonl` (one object per logged step: step,
 loss, lr, images_per_s, step_time_s, grad_norm, the task's logs, mfu on GPU) and TensorBoard under
@@ -254,19 +254,27 @@ def lr_schedule(optim: OptimConfig, steps: int, peak_lr: float) -> np.ndarray:
     """The LR of each optimizer step, (steps,): linear warmup from peak * warmup_start_factor, then decay."""
     lrs = np.empty(steps, dtype=np.float64)
     warm = optim.warmup_steps
+    decay_steps = multistep_steps(optim, steps) if optim.schedule == Schedule.multistep else []
     for s in range(steps):
         if s < warm:
             f = optim.warmup_start_factor
             lrs[s] = peak_lr * (f + (1 - f) * s / warm)
             continue
         t = (s - warm) / max(steps - warm, 1)  # 0 at the end of warmup, -> 1 at the last step
-        if optim.schedule == Schedule.cosine:
+        if optim.schedule == Schedule.multistep:
+            lrs[s] = peak_lr * optim.gamma ** sum(s >= d for d in decay_steps)  # min_lr plays no part
+        elif optim.schedule == Schedule.cosine:
             lrs[s] = optim.min_lr + (peak_lr - optim.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
         elif optim.schedule == Schedule.poly:
             lrs[s] = optim.min_lr + (peak_lr - optim.min_lr) * (1 - t) ** optim.poly_power
         else:
             lrs[s] = peak_lr
     return lrs
+
+
+def multistep_steps(optim: OptimConfig, steps: int) -> list[int]:
+    """The optimizer steps at which a multistep schedule multiplies the LR by gamma: round(fraction * steps)."""
+    return [round(m * steps) for m in optim.milestones]
 
 
 def peak_lr(cfg: TrainConfig, world_size: int) -> float:
