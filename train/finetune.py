@@ -32,7 +32,7 @@ from torch import nn
 
 from train.config import ConfigError, OptimConfig, Schedule, TrainConfig, load_config, save_config
 from train.heads import TASKS, Task, build_head
-from train.losses import heatmap_mse, normal_loss, silog_loss, weighted_ce
+from train.losses import heatmap_mse, heatmap_ohkm_mse, normal_loss, silog_loss, weighted_ce
 
 
 class TaskMode(str, Enum):
@@ -73,6 +73,11 @@ def _patterns(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()]
 
 
+class PoseLoss(str, Enum):
+    mse = "mse"  # heatmap MSE over every labelled keypoint (Sapiens 0.3b/0.6b/2b)
+    ohkm = "ohkm"  # the same over each crop's `ohkm_topk` hardest labelled keypoints (Sapiens 1b, topk 128)
+
+
 @dataclass
 class PoseConfig:
     keypoint_set: str = "all"  # the model's keypoints (a data_engine.schema subset); samples map to it by name
@@ -83,6 +88,8 @@ class PoseConfig:
     rotation_prob: float = 0.6
     shift: float = 0.1
     flip_prob: float = 0.5
+    loss: PoseLoss = PoseLoss.mse
+    ohkm_topk: int = 8  # keypoints kept per crop by loss=ohkm (mmpose's default 8; Sapiens-1B: 128 of 308)
     loss_weight: float = 1.0
 
 
@@ -153,6 +160,12 @@ class FinetuneConfig(TrainConfig):
             schema.vocabulary(self.seg.vocabulary)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        num_keypoints = len(schema.subset(self.pose.keypoint_set))
+        if self.pose.loss == PoseLoss.ohkm and not 1 <= self.pose.ohkm_topk <= num_keypoints:
+            raise ConfigError(
+                f"pose.ohkm_topk {self.pose.ohkm_topk} must be in [1, {num_keypoints}] (the keypoints of "
+                f"pose.keypoint_set={self.pose.keypoint_set}); or set pose.loss=mse"
+            )
         for name, pair in (
             ("pose.scale_range", self.pose.scale_range),
             ("augment.scale_range", self.augment.scale_range),
@@ -397,7 +410,9 @@ def task_losses(
             total = total + pred.sum() * 0.0
             logs[f"loss_{task}"] = 0.0
             continue
-        if task == "pose":
+        if task == "pose" and cfg.pose.loss == PoseLoss.ohkm:
+            loss = heatmap_ohkm_mse(pred, batch["pose_heatmaps"], batch["pose_weights"], cfg.pose.ohkm_topk)
+        elif task == "pose":
             loss = heatmap_mse(pred, batch["pose_heatmaps"], batch["pose_weights"])
         elif task == "seg":
             loss = weighted_ce(pred, batch["seg"], class_weight)

@@ -37,6 +37,35 @@ def heatmap_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) 
     return (per_keypoint * weight).sum() / total
 
 
+def heatmap_ohkm_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, topk: int) -> torch.Tensor:
+    """Online hard keypoint mining (Chen et al. 2018, CPN; mmpose's KeypointOHKMMSELoss, Sapiens-1B topk 128).
+
+    pred, target: (B, K, h, w); weight: (B, K) as in `heatmap_mse`; topk: keypoints kept per sample.
+        l_bk = w_bk * mean_{y,x} (pred_bkyx - target_bkyx)^2            (B, K) weighted per-keypoint loss
+        S_b  = the min(topk, n_b) keypoints with the largest l_bk among the n_b with w_bk > 0
+        L    = sum_b sum_{k in S_b} l_bk / sum_b sum_{k in S_b} w_bk
+    So with topk >= K it is exactly `heatmap_mse`. mmpose instead divides each sample's sum by topk, counting
+    unlabelled keypoints as zero-loss picks: a crop with fewer than topk labelled keypoints (a half-body crop,
+    a sparsely labelled image) would then have its loss diluted. Returns 0 when every weight is 0.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"heatmap_ohkm_mse: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+    if weight.shape != pred.shape[:2]:
+        raise ValueError(f"heatmap_ohkm_mse: weight {tuple(weight.shape)} must be (B, K) = {tuple(pred.shape[:2])}")
+    if topk < 1:
+        raise ValueError(f"heatmap_ohkm_mse: topk must be >= 1, got {topk}")
+    weighted = (pred - target).pow(2).mean(dim=(2, 3)) * weight  # (B, K)
+    labelled = weight > 0
+    if not bool(labelled.any()):
+        return _zero_like(pred)
+    # Unlabelled keypoints rank below every labelled one, so they are picked only when a sample has fewer
+    # than topk labelled keypoints, and are then masked out of both sums.
+    ranking = torch.where(labelled, weighted.detach(), torch.finfo(weighted.dtype).min)
+    chosen = ranking.topk(min(topk, pred.shape[1]), dim=1).indices  # (B, k)
+    keep = labelled.gather(1, chosen)
+    return weighted.gather(1, chosen)[keep].sum() / weight.gather(1, chosen)[keep].sum()
+
+
 def weighted_ce(
     logits: torch.Tensor, target: torch.Tensor, class_weight: torch.Tensor | None, ignore_index: int = IGNORE_INDEX
 ) -> torch.Tensor:
