@@ -28,7 +28,7 @@ from data_engine.shards import BadSamplePolicy, ReadReport, expand, iter_samples
 from train.heads import Task
 from train.transforms import normalize_image
 from train.transforms.dense import DenseParams, dense_item
-from train.transforms.pose import TopDownParams, topdown_item
+from train.transforms.pose import TopDownParams, lower_body_mask, topdown_item
 
 DENSE_TASKS: tuple[Task, ...] = ("seg", "depth", "normal")
 
@@ -122,13 +122,14 @@ def _pose_items(
         report.unused[f"keypoint set {sample.pose.keypoint_set} shares no keypoint with {spec.keypoint_set}"] += 1
         return []
     flip = schema.subset_flip_indices(spec.keypoint_set)
+    lower_body = lower_body_mask(spec.keypoint_set)
     items = []
     for person in sample.pose.persons:
         keypoints = to_model_keypoints(person.keypoints, mapping)
         if not (keypoints[:, 2] > 0).any():
             report.unused["person without a labelled keypoint of the model's set"] += 1
             continue
-        crop = topdown_item(sample.image, keypoints, person.bbox, flip, params, rng)
+        crop = topdown_item(sample.image, keypoints, person.bbox, flip, params, rng, lower_body)
         targets = {"pose_heatmaps": crop.heatmaps, "pose_weights": crop.weights}
         items.append(Item(image=normalize_image(crop.image), targets=targets, key=sample.key))
         report.items["pose"] += 1

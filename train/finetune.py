@@ -79,6 +79,35 @@ class PoseLoss(str, Enum):
 
 
 @dataclass
+class HalfBodyConfig:
+    """mmpose RandomHalfBody (Sapiens pose): crop to the upper or lower body's labelled keypoints."""
+
+    prob: float = 0.3  # of a half-body crop, for a person with at least min_keypoints labelled
+    min_keypoints: int = 9
+    min_upper: int = 2  # a half with fewer labelled keypoints is not chosen (the other one is)
+    min_lower: int = 3
+    upper_prob: float = 0.7  # upper body preferred when both halves qualify
+    padding: float = 1.5  # the half's keypoint box grows by this factor
+
+
+@dataclass
+class PhotometricConfig:
+    """Pixel-only augmentation of pose crops (Sapiens: PhotometricDistortion, Blur, MedianBlur, CoarseDropout)."""
+
+    enabled: bool = True
+    jitter_prob: float = 0.5  # each of brightness, contrast, saturation, hue
+    brightness_delta: float = 32.0  # 0-255 units
+    contrast_range: list[float] = field(default_factory=lambda: [0.5, 1.5])
+    saturation_range: list[float] = field(default_factory=lambda: [0.5, 1.5])
+    hue_delta: float = 18.0  # degrees
+    blur_prob: float = 0.1
+    median_blur_prob: float = 0.1
+    blur_max_kernel: int = 7  # odd kernels 3..this
+    dropout_prob: float = 1.0  # one rectangle set to 0 (albumentations CoarseDropout, one hole)
+    dropout_size_range: list[float] = field(default_factory=lambda: [0.2, 0.4])  # of the crop's height and width
+
+
+@dataclass
 class PoseConfig:
     keypoint_set: str = "all"  # the model's keypoints (a data_engine.schema subset); samples map to it by name
     sigma: float = 2.0  # heatmap Gaussian sigma in heatmap pixels (Sapiens: 6 at 256x192)
@@ -88,6 +117,8 @@ class PoseConfig:
     rotation_prob: float = 0.6
     shift: float = 0.1
     flip_prob: float = 0.5
+    half_body: HalfBodyConfig = field(default_factory=HalfBodyConfig)
+    photometric: PhotometricConfig = field(default_factory=PhotometricConfig)
     loss: PoseLoss = PoseLoss.mse
     ohkm_topk: int = 8  # keypoints kept per crop by loss=ohkm (mmpose's default 8; Sapiens-1B: 128 of 308)
     loss_weight: float = 1.0
@@ -169,9 +200,32 @@ class FinetuneConfig(TrainConfig):
         for name, pair in (
             ("pose.scale_range", self.pose.scale_range),
             ("augment.scale_range", self.augment.scale_range),
+            ("pose.photometric.contrast_range", self.pose.photometric.contrast_range),
+            ("pose.photometric.saturation_range", self.pose.photometric.saturation_range),
         ):
             if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
                 raise ConfigError(f"{name} must be [low, high] with 0 < low <= high, got {list(pair)}")
+        validate_pose_augmentation(self.pose)
+
+
+def validate_pose_augmentation(pose: PoseConfig) -> None:
+    hb, ph = pose.half_body, pose.photometric
+    probabilities = {"pose.half_body.prob": hb.prob, "pose.half_body.upper_prob": hb.upper_prob}
+    probabilities |= {"pose.photometric.jitter_prob": ph.jitter_prob, "pose.photometric.blur_prob": ph.blur_prob}
+    probabilities |= {"pose.photometric.median_blur_prob": ph.median_blur_prob}
+    probabilities |= {"pose.photometric.dropout_prob": ph.dropout_prob}
+    for name, value in probabilities.items():
+        if not 0 <= value <= 1:
+            raise ConfigError(f"{name} must be a probability in [0, 1], got {value}")
+    if min(hb.min_keypoints, hb.min_upper, hb.min_lower) < 1 or hb.padding <= 0:
+        raise ConfigError("pose.half_body: min_keypoints, min_upper and min_lower must be >= 1, padding > 0")
+    if ph.blur_max_kernel < 3 or ph.blur_max_kernel % 2 == 0:
+        raise ConfigError(f"pose.photometric.blur_max_kernel must be odd and >= 3, got {ph.blur_max_kernel}")
+    size = list(ph.dropout_size_range)
+    if len(size) != 2 or not 0 < size[0] <= size[1] <= 1:
+        raise ConfigError(f"pose.photometric.dropout_size_range must be [low, high] in (0, 1], got {size}")
+    if ph.brightness_delta < 0 or not 0 <= ph.hue_delta <= 180:
+        raise ConfigError("pose.photometric: brightness_delta must be >= 0 and hue_delta in [0, 180] degrees")
 
 
 # ----------------------------------------------------------------------------------------------- the model
@@ -432,14 +486,27 @@ def data_params(cfg: FinetuneConfig):
     """(LabelSpec, TopDownParams, DenseParams) of a config."""
     from train.data_finetune import LabelSpec
     from train.transforms.dense import DenseParams
+    from train.transforms.photometric import PhotometricParams
     from train.transforms.pose import TopDownParams
 
     size = (int(cfg.model.image_size[0]), int(cfg.model.image_size[1]))
     spec = LabelSpec(tasks=cfg.active_tasks, keypoint_set=cfg.pose.keypoint_set, seg_vocabulary=cfg.seg.vocabulary)
-    p = cfg.pose
+    p, hb, ph = cfg.pose, cfg.pose.half_body, cfg.pose.photometric
+    photometric = None
+    if ph.enabled:
+        photometric = PhotometricParams(
+            jitter_prob=ph.jitter_prob, brightness_delta=ph.brightness_delta,
+            contrast_range=(ph.contrast_range[0], ph.contrast_range[1]),
+            saturation_range=(ph.saturation_range[0], ph.saturation_range[1]), hue_delta=ph.hue_delta,
+            blur_prob=ph.blur_prob, median_blur_prob=ph.median_blur_prob, blur_max_kernel=ph.blur_max_kernel,
+            dropout_prob=ph.dropout_prob, dropout_size_range=(ph.dropout_size_range[0], ph.dropout_size_range[1]),
+        )  # fmt: skip
     pose = TopDownParams(
         input_size=size, sigma=p.sigma, bbox_padding=p.bbox_padding, scale_range=(p.scale_range[0], p.scale_range[1]),
         rotation_deg=p.rotation_deg, rotation_prob=p.rotation_prob, shift=p.shift, flip_prob=p.flip_prob,
+        half_body_prob=hb.prob, half_body_min_keypoints=hb.min_keypoints, half_body_min_upper=hb.min_upper,
+        half_body_min_lower=hb.min_lower, half_body_upper_prob=hb.upper_prob, half_body_padding=hb.padding,
+        photometric=photometric,
     )  # fmt: skip
     a = cfg.augment
     dense = DenseParams(

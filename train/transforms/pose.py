@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from train.transforms import apply_affine, invert_affine, similarity, warp
+from train.transforms.photometric import PhotometricParams, photometric_augment
 
 
 @dataclass
@@ -34,6 +35,17 @@ class TopDownParams:
     rotation_prob: float = 0.6
     shift: float = 0.1
     flip_prob: float = 0.5
+    # Half-body (mmpose RandomHalfBody): with this probability, when the person has at least
+    # `half_body_min_keypoints` labelled keypoints, the crop box becomes the box of the labelled upper-body
+    # (preferred with `half_body_upper_prob`) or lower-body keypoints, centred on their mean and grown by
+    # `half_body_padding`; a half with too few labelled keypoints (upper < 2, lower < 3) falls back to the other.
+    half_body_prob: float = 0.0
+    half_body_min_keypoints: int = 9
+    half_body_min_upper: int = 2
+    half_body_min_lower: int = 3
+    half_body_upper_prob: float = 0.7
+    half_body_padding: float = 1.5
+    photometric: PhotometricParams | None = None  # pixel-only augmentation of the crop; None = off
 
     @property
     def heatmap_size(self) -> tuple[int, int]:
@@ -68,15 +80,58 @@ def box_center_size(
     return np.array([(x0 + x1) / 2, (y0 + y1) / 2]), np.array([w, h]) * padding
 
 
+def lower_body_mask(keypoint_set: str) -> np.ndarray:
+    """(K,) bool over a schema keypoint subset: True for hips, knees, ankles and the feet (Sapiens' "lower"
+    keypoints of Goliath); everything else (head, face, arms, hands, torso extras) is upper body."""
+    from data_engine import schema
+
+    kps = schema.keypoints()
+    lower = [kps[int(g)].group == "feet" or kps[int(g)].name.endswith(("_hip", "_knee", "_ankle"))
+             for g in schema.subset(keypoint_set)]  # fmt: skip
+    return np.array(lower, dtype=bool)
+
+
+def half_body_ids(
+    keypoints: np.ndarray, lower_body: np.ndarray, params: TopDownParams, rng: np.random.Generator
+) -> np.ndarray | None:
+    """Indices of the half whose box becomes the crop, or None (no half-body crop this time).
+
+    keypoints: (K, 3) [x, y, v]; lower_body: (K,) bool. Draws the same two numbers from `rng` every call."""
+    visible = np.asarray(keypoints)[:, 2] > 0
+    take, prefer_upper = rng.random(2) < (params.half_body_prob, params.half_body_upper_prob)
+    if visible.sum() < params.half_body_min_keypoints or not take:
+        return None
+    upper, lower = np.flatnonzero(visible & ~lower_body), np.flatnonzero(visible & lower_body)
+    upper_ok, lower_ok = len(upper) >= params.half_body_min_upper, len(lower) >= params.half_body_min_lower
+    if not (upper_ok or lower_ok):
+        return None
+    return upper if upper_ok and (prefer_upper or not lower_ok) else lower
+
+
+def points_center_size(points: np.ndarray, aspect_wh: float, padding: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """(N, 2) points -> (their mean (2,), the size (w, h) of their box at the crop aspect, grown by `padding`);
+    None when they span less than a pixel (a crop around them would zoom without bound)."""
+    lo, hi = points.min(0), points.max(0)
+    w, h = hi - lo
+    if max(w, h) < 1.0:
+        return None
+    if w > h * aspect_wh:
+        h = w / aspect_wh
+    else:
+        w = h * aspect_wh
+    return points.mean(0), np.array([w, h]) * padding
+
+
 def crop_matrix(
     bbox: tuple[float, float, float, float],
     params: TopDownParams,
     rng: np.random.Generator | None = None,
+    box: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, bool]:
     """The (2, 3) image -> crop affine for one box, with random scale/rotation/shift/flip when `rng` is given.
-    Returns (matrix, flipped)."""
+    `box` = (centre, size (w, h)) replaces the padded `bbox` (a half-body crop). Returns (matrix, flipped)."""
     out_h, out_w = params.input_size
-    center, size = box_center_size(bbox, out_w / out_h, params.bbox_padding)
+    center, size = box if box is not None else box_center_size(bbox, out_w / out_h, params.bbox_padding)
     scale_factor, rotation, flip = 1.0, 0.0, False
     if rng is not None:
         scale_factor = float(rng.uniform(*params.scale_range))
@@ -117,12 +172,24 @@ def topdown_item(
     flip_indices: np.ndarray,
     params: TopDownParams,
     rng: np.random.Generator | None = None,
+    lower_body: np.ndarray | None = None,
 ) -> TopDownItem:
     """Crop one person and make its targets. keypoints: (K, 3) [x, y, v] in the model's keypoint order;
-    flip_indices: (K,) mirror permutation of that order. `rng` None = no augmentation (evaluation)."""
-    matrix, flipped = crop_matrix(bbox, params, rng)
-    crop = warp(image, matrix, params.input_size, "linear")
+    flip_indices: (K,) mirror permutation of that order; lower_body: (K,) bool (`lower_body_mask`), needed when
+    params.half_body_prob > 0. `rng` None = no augmentation (evaluation)."""
     kp = np.asarray(keypoints, dtype=np.float64)
+    box = None
+    if rng is not None and params.half_body_prob > 0:
+        if lower_body is None or len(lower_body) != len(kp):
+            raise ValueError(f"half-body crops need a ({len(kp)},) lower_body mask (lower_body_mask(keypoint_set))")
+        ids = half_body_ids(kp, lower_body, params, rng)
+        if ids is not None:
+            out_h, out_w = params.input_size
+            box = points_center_size(kp[ids, :2], out_w / out_h, params.half_body_padding)
+    matrix, flipped = crop_matrix(bbox, params, rng, box)
+    crop = warp(image, matrix, params.input_size, "linear")
+    if rng is not None and params.photometric is not None:
+        crop = photometric_augment(crop, params.photometric, rng)  # pixels only: the targets below are geometric
     points = apply_affine(kp[:, :2], matrix)
     valid = kp[:, 2] > 0
     if flipped:  # after a mirror the left wrist sits where the right one was: swap the slots
