@@ -87,6 +87,12 @@ def init_distributed() -> tuple[int, int, int]:
         # Without these DeepSpeed tries MPI discovery and dies importing mpi4py (STACK.md).
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ["MASTER_PORT"] = str(free_port())
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            # A world of one needs no rendezvous: an in-memory store cannot lose a race for a TCP port to
+            # another job starting at the same moment (seen when two runs started together).
+            dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     deepspeed.init_distributed(verbose=False)
     return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0"))
 
