@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import io
 import os
 import re
 import tarfile
@@ -118,7 +119,7 @@ class ShardWriter:
 
     Each shard is streamed into `.{name}.tmp-{random}` beside its final name and renamed when complete.
     WebDataset's own ShardWriter is not used because on an exception it closes (and names) the partial
-    shard, and it opens an empty shard before the first sample; its TarWriter does the tar encoding.
+    shard, and it opens an empty shard before the first sample; `_TarStream` writes the same tar layout.
 
         with ShardWriter("out/curated", max_count=1000) as writer:
             shard_path = writer.write(sample)         # a Sample, or a dict of encoded members
@@ -190,8 +191,6 @@ class ShardWriter:
         return f"{self.prefix}-{index:06d}.tar"
 
     def _open(self) -> None:
-        import webdataset as wds
-
         final = self._final_path(self.index)
         folder, name = os.path.split(final)
         self._tmp_path = os.path.join(folder, f".{name}{_TMP_MARK}{uuid.uuid4().hex[:8]}")
@@ -199,7 +198,7 @@ class ShardWriter:
             self._stream = self._filesystem.open_output_stream(_fs(self._tmp_path)[1])
         else:
             self._stream = open(self._tmp_path, "wb")  # noqa: SIM115 (closed by _finish or abort)
-        self._tar = wds.TarWriter(self._stream)
+        self._tar = _TarStream(self._stream)
         self._current = ShardInfo(path=final, count=0, bytes=0)
 
     def write(self, sample: Sample | dict[str, Any]) -> str:
@@ -231,7 +230,7 @@ class ShardWriter:
         if self._tar is None:
             return
         assert self._current is not None
-        self._tar.close()  # closes the underlying stream too
+        self._tar.close()  # closes the underlying stream too (and fails here if the last bytes cannot be written)
         if self._remote:
             self._filesystem.move(_fs(self._tmp_path)[1], _fs(self._current.path)[1])
         else:
@@ -269,6 +268,39 @@ class ShardWriter:
             self.close()
         else:
             self.abort()
+
+
+class _TarStream:
+    """WebDataset's tar layout (one regular file `{key}.{member}` per member, samples in order) on tarfile
+    alone. webdataset's own TarWriter would do, but importing webdataset imports torch: 1-2 s that every
+    curation and render job paid when its first shard opened. Fixed mtime and owner, so the same samples
+    give the same bytes."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._tar = tarfile.open(fileobj=stream, mode="w")  # noqa: SIM115 (closed in close())
+
+    def write(self, members: dict[str, Any]) -> int:
+        """Append one sample; returns the bytes it added to the archive (headers and padding included)."""
+        key = members["__key__"]
+        start = self._tar.offset
+        for name, data in members.items():
+            if name.startswith("__"):
+                continue
+            if isinstance(data, str):
+                data = data.encode("utf-8")
+            elif not isinstance(data, (bytes, bytearray, memoryview)):
+                raise SampleError(f"{key}: member {name!r} is {type(data).__name__}, expected bytes")
+            info = tarfile.TarInfo(f"{key}.{name}")
+            info.size, info.mode, info.mtime, info.uname, info.gname = len(data), 0o444, 0, "humanvision", "humanvision"
+            self._tar.addfile(info, io.BytesIO(data))
+        return self._tar.offset - start
+
+    def close(self) -> None:
+        try:
+            self._tar.close()  # the end-of-archive blocks
+        finally:
+            self._stream.close()
 
 
 # ------------------------------------------------------------------------------------------------ reading
