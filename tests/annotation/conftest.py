@@ -38,8 +38,8 @@ class LiveServer:
 def _binary() -> Path:
     try:
         return find_binary()
-    except Exception as e:  # the server venv is made by `make setup`; say so instead of erroring obscurely
-        pytest.skip(str(e))
+    except Exception as e:  # the server venv is made by `make setup`: fail loudly, a skip would hide a missing step
+        pytest.fail(str(e))
 
 
 def ensure_template() -> Path:
