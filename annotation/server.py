@@ -110,9 +110,11 @@ class LabelStudioServer:
         s = self.settings
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
         env.update(
-            LABEL_STUDIO_BASE_DATA_DIR=str(s.data_dir),
+            # Absolute: Label Studio checks a storage path by prefix against the document root, so a
+            # relative root refuses the absolute paths `push` sends ("Validation error").
+            LABEL_STUDIO_BASE_DATA_DIR=str(s.data_dir.resolve()),
             LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true",
-            LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(s.media_root),
+            LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(s.media_root.resolve()),
             LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true",
             LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true",
             LATEST_VERSION_CHECK="false",

@@ -49,14 +49,14 @@ class DemoSettings:
 
 PROFILES: dict[str, DemoSettings] = {
     "full": DemoSettings(
-        bodies=36,
-        views=3,
+        bodies=60,
+        views=4,
         render_size="192x256",
         heldout_fraction=0.25,
         renders_to_curate=4,
         curate_min_short_side=160,
-        pretrain_steps=300,
-        finetune_steps=250,
+        pretrain_steps=800,
+        finetune_steps=800,
         pretrain_batch_size=16,
         finetune_batch_size=8,
         model_depth=6,
@@ -115,6 +115,7 @@ class DemoPaths:
 def run_demo(out: Path, profile: Profile = "full", labelstudio: bool = True) -> dict:
     """Run every stage; returns the summary (also written to OUT/summary.json)."""
     settings = PROFILES[profile]
+    out = out.resolve()  # every stage gets absolute paths, whatever its working directory
     paths = DemoPaths(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo-settings.json").write_text(json.dumps({"profile": profile, **asdict(settings)}, indent=2))
