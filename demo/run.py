@@ -30,7 +30,7 @@ TASKS = ("pose", "seg", "depth", "normal")
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Sizes of one demo run. `full` is `make demo` (about 10-15 minutes on 2 cores); `smoke` is the test's."""
+    """Sizes of one demo run. `full` is `make demo` (about 6 minutes on 2 idle cores); `smoke` is the test's."""
 
     bodies: int
     views: int
