@@ -473,8 +473,10 @@ def fit(
         for group in engine.optimizer.param_groups:
             group["lr"] = float(lrs[step]) * group.get("lr_scale", 1.0)
         for micro in range(cfg.grad_accum):
-            torch.manual_seed(step_seed(cfg.seed, rank, step, micro))
             batch = _to_device(next(batches), device)
+            # Seeded after the batch is fetched: the first next() of a DataLoader with workers draws its base
+            # seed from this generator, and on a resumed run that first next() is a later step's.
+            torch.manual_seed(step_seed(cfg.seed, rank, step, micro))
             loss, logs = loss_fn(engine, batch)
             engine.backward(loss)
             engine.step()
