@@ -34,23 +34,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pose.add_argument("--pred", help="COCO keypoint results JSON")
     pose.add_argument("--keypoints", default=None, help="keypoint subset (default: inferred from the GT file)")
     _add_model_mode(pose)
-    pose.set_defaults(func=_eval_pose)
+    pose.set_defaults(func=_eval_task, eval_task="pose")
 
     seg = ev_sub.add_parser("seg", help="mIoU / mAcc / aAcc over PNG class maps matched by name")
     _add_dirs(seg)
     seg.add_argument("--vocab", choices=("goliath28", "lip20"), default="goliath28")
     _add_model_mode(seg)
-    seg.set_defaults(func=_eval_seg)
+    seg.set_defaults(func=_eval_task, eval_task="seg")
 
     depth = ev_sub.add_parser("depth", help="scale-and-shift aligned depth metrics over 16-bit mm PNGs")
     _add_dirs(depth)
     _add_model_mode(depth)
-    depth.set_defaults(func=_eval_depth)
+    depth.set_defaults(func=_eval_task, eval_task="depth")
 
     normal = ev_sub.add_parser("normal", help="angular error of 16-bit RGB normal PNGs")
     _add_dirs(normal)
     _add_model_mode(normal)
-    normal.set_defaults(func=_eval_normal)
+    normal.set_defaults(func=_eval_task, eval_task="normal")
 
     report = ev_sub.add_parser("report", help="a self-contained HTML page from runs and metric files")
     report.add_argument("inputs", nargs="+", metavar="RUN_OR_METRICS", help="run folders, metrics.json(l) files")
@@ -187,48 +187,34 @@ def _run_metric(fn, *args: Any, out: str | None) -> int:
     return _emit(result, out)
 
 
-def _eval_pose(args: argparse.Namespace) -> int:
-    from eval.metrics.pose import pose_metrics_from_files
+def _metric_from_files(task: str, args: argparse.Namespace) -> tuple[Any, tuple[Any, ...]]:
+    """The file-based metric function of `task` and its arguments after --gt and --pred."""
+    if task == "pose":
+        from eval.metrics.pose import pose_metrics_from_files
 
-    mode = _file_mode(args)
-    if mode is None:
-        return 2
-    if not mode:
-        return _eval_model("pose", args)
-    return _run_metric(pose_metrics_from_files, args.gt, args.pred, args.keypoints, out=args.out)
+        return pose_metrics_from_files, (args.keypoints,)
+    if task == "seg":
+        from eval.metrics.seg import seg_metrics_from_files
 
+        return seg_metrics_from_files, (args.vocab,)
+    if task == "depth":
+        from eval.metrics.depth import depth_metrics_from_files
 
-def _eval_seg(args: argparse.Namespace) -> int:
-    from eval.metrics.seg import seg_metrics_from_files
-
-    mode = _file_mode(args)
-    if mode is None:
-        return 2
-    if not mode:
-        return _eval_model("seg", args)
-    return _run_metric(seg_metrics_from_files, args.gt, args.pred, args.vocab, out=args.out)
-
-
-def _eval_depth(args: argparse.Namespace) -> int:
-    from eval.metrics.depth import depth_metrics_from_files
-
-    mode = _file_mode(args)
-    if mode is None:
-        return 2
-    if not mode:
-        return _eval_model("depth", args)
-    return _run_metric(depth_metrics_from_files, args.gt, args.pred, out=args.out)
-
-
-def _eval_normal(args: argparse.Namespace) -> int:
+        return depth_metrics_from_files, ()
     from eval.metrics.normal import normal_metrics_from_files
 
+    return normal_metrics_from_files, ()
+
+
+def _eval_task(args: argparse.Namespace) -> int:
+    """`hv eval TASK`: metrics from --gt/--pred files, or from --checkpoint on --shards."""
     mode = _file_mode(args)
     if mode is None:
         return 2
     if not mode:
-        return _eval_model("normal", args)
-    return _run_metric(normal_metrics_from_files, args.gt, args.pred, out=args.out)
+        return _eval_model(args.eval_task, args)
+    fn, extra = _metric_from_files(args.eval_task, args)
+    return _run_metric(fn, args.gt, args.pred, *extra, out=args.out)
 
 
 def _eval_report(args: argparse.Namespace) -> int:
