@@ -323,6 +323,13 @@ class ReadReport:
 
     samples: int = 0
     bad: list[BadSample] = field(default_factory=list)
+    # Called with each bad sample as it is found, for readers that log as they go (a training data slot).
+    on_bad: Callable[[BadSample], None] | None = None
+
+    def record(self, bad: BadSample) -> None:
+        self.bad.append(bad)
+        if self.on_bad is not None:
+            self.on_bad(bad)
 
     def summary(self) -> str:
         return f"{self.samples} samples read, {len(self.bad)} bad"
@@ -389,14 +396,18 @@ def iter_samples(
     policy: BadSamplePolicy = "raise",
     report: ReadReport | None = None,
     decoder: Callable[[dict[str, Any]], Any] = decode,
+    select: Callable[[int], bool] | None = None,
 ) -> Iterator[Any]:
     """Yield decoded samples from shards.
 
     policy "raise": the first bad sample or broken shard raises (SampleError / ShardError, naming it).
     policy "skip": bad samples and broken shards are recorded in `report.bad` (shard, key, reason) and
     skipped; the samples before a truncation point are still yielded. Nothing is dropped silently.
+    select: keep only the samples whose running index over all `paths` it accepts, decided before decoding
+    (e.g. `lambda i: i % workers == worker` splits one stream between loader workers).
     """
     report = report if report is not None else ReadReport()
+    index = -1
     for path in expand(paths):
         members_iter = iter_members(path)
         while True:
@@ -407,15 +418,18 @@ def iter_samples(
             except ShardError as e:
                 if policy == "raise":
                     raise
-                report.bad.append(BadSample(shard=path, key=None, reason=str(e)))
+                report.record(BadSample(shard=path, key=None, reason=str(e)))
                 break
+            index += 1
+            if select is not None and not select(index):
+                continue
             key = members["__key__"]
             try:
                 sample = decoder(members)
             except SampleError as e:
                 if policy == "raise":
                     raise SampleError(f"{path}: {e}") from None
-                report.bad.append(BadSample(shard=path, key=key, reason=str(e)))
+                report.record(BadSample(shard=path, key=key, reason=str(e)))
                 continue
             report.samples += 1
             yield sample

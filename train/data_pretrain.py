@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from data_engine.sample import Sample, SampleError, decode
-from data_engine.shards import ShardError, expand, iter_members
+from data_engine.sample import Sample
+from data_engine.shards import ReadReport, expand, iter_samples
 
 # ImageNet statistics: what MAE and Sapiens normalise with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -180,27 +180,9 @@ def slot_samples(
 
 def _decoded(paths: Sequence[str], split: tuple[int, int] | None, bad: BadSampleLog) -> Iterator[Sample]:
     """Decode the samples of `paths` (only index % slots == slot ones when `split`), recording bad ones."""
-    index = 0
-    for path in paths:
-        members_iter = iter_members(path)
-        while True:
-            try:
-                members = next(members_iter)
-            except StopIteration:
-                break
-            except ShardError as e:
-                bad.record(path, None, str(e))
-                break
-            mine = split is None or index % split[1] == split[0]
-            index += 1
-            if not mine:
-                continue
-            raw_key = members.get("__key__")
-            key = raw_key.decode(errors="replace") if isinstance(raw_key, bytes) else str(raw_key)
-            try:
-                yield decode(members)
-            except SampleError as e:
-                bad.record(path, key, str(e))
+    report = ReadReport(on_bad=lambda b: bad.record(b.shard, b.key, b.reason))
+    select = None if split is None else (lambda i: i % split[1] == split[0])
+    yield from iter_samples(paths, policy="skip", report=report, select=select)
 
 
 def batch_stream(

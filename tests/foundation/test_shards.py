@@ -240,3 +240,23 @@ def test_cut_at_a_header_boundary_is_reported(tmp_path: Path) -> None:
     got = list(iter_samples(str(paths[0]), policy="skip", report=report))
     assert [s.key for s in got] == [s.key for s in samples[:1]]  # the second sample may be incomplete: withheld
     assert len(report.bad) == 1 and "truncated" in report.bad[0].reason
+
+
+def test_select_splits_a_stream_before_decoding_and_bad_samples_reach_on_bad(tmp_path: Path) -> None:
+    samples = make_samples(7)
+    members = [encode(s) for s in samples]
+    members[4]["json"] = b"{broken"
+    with ShardWriter(str(tmp_path / "sel" / "s"), max_count=3) as writer:
+        for m in members:
+            writer.write(m)
+    seen: list = []
+    halves = []
+    for worker in (0, 1):
+        report = ReadReport(on_bad=seen.append)
+        got = iter_samples(str(tmp_path / "sel"), policy="skip", report=report, select=lambda i, w=worker: i % 2 == w)
+        halves.append([s.key for s in got])
+    # Disjoint halves that together hold every good sample, in order; the broken one (index 4, worker 0's) is
+    # reported once, through the callback too, and never decoded by worker 1.
+    assert halves[0] == [samples[i].key for i in (0, 2, 6)]
+    assert halves[1] == [samples[i].key for i in (1, 3, 5)]
+    assert [b.key for b in seen] == [samples[4].key]
