@@ -99,8 +99,21 @@ class TrainConfig:
             raise ConfigError(f"optim.warmup_steps must be in [0, steps={self.steps}], got {o.warmup_steps}")
         if o.schedule == Schedule.multistep:
             validate_milestones(o, self.steps)
-        if self.deepspeed_config is not None and not os.path.isfile(self.deepspeed_config):
-            raise ConfigError(f"deepspeed_config {self.deepspeed_config!r} does not exist")
+        if self.deepspeed_config is not None:
+            self.deepspeed_config = resolve_repo_path(self.deepspeed_config, "deepspeed_config")
+
+
+# The checkout that holds configs/: the shipped YAMLs name their DeepSpeed JSON relative to it.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def resolve_repo_path(path: str, name: str) -> str:
+    """An existing file as given (absolute, or relative to the working directory), else relative to the
+    checkout (so `configs/deepspeed/zero1.json` in a shipped config works from any folder); absolute."""
+    for candidate in (path, os.path.join(REPO_ROOT, path)):
+        if os.path.isfile(candidate):
+            return os.path.abspath(candidate)
+    raise ConfigError(f"{name} {path!r} does not exist (looked in {os.getcwd()} and {REPO_ROOT})")
 
 
 def validate_milestones(optim: OptimConfig, steps: int) -> None:

@@ -20,9 +20,9 @@ tokens; optional layer-wise LR decay through the model's `layer_id(name)`), a wa
 multistep LR schedule precomputed per step, gradient clipping and accumulation through DeepSpeed, checkpoints
 every `ckpt_every` steps and at the end under `RUN/checkpoints/step_XXXXXXXX` (newest
 `keep_checkpoints` kept), `resume="auto"`, `RUN/metrics.jsonl` (one object per logged step: step,
-loss, lr, images_per_s, step_time_s, grad_norm, the task's logs, mfu on GPU) and TensorBoard under
-`RUN/tb`, and a progress bar on rank 0. Randomness inside a step (MAE masks, drop path) is seeded from
-(seed, rank, step), so a resumed run repeats the uninterrupted one exactly.
+loss, lr, images_per_s, step_time_s, grad_norm, peak_mem_mb (the largest rank's), the task's logs, mfu on
+GPU) and TensorBoard under `RUN/tb`, and a progress bar on rank 0. Randomness inside a step (MAE masks,
+drop path) is seeded from (seed, rank, step), so a resumed run repeats the uninterrupted one exactly.
 
 Processes come from the `deepspeed` launcher (see `train.launch`); a plain single-process call works
 too: the distributed environment variables are filled in for one local process.
@@ -370,6 +370,15 @@ def peak_flops(device: torch.device) -> float | None:
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
 
 
+def peak_memory_mb(device: torch.device) -> float:
+    """This process's peak memory so far, MiB: the device allocator's peak on a GPU, peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
 def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
@@ -500,6 +509,11 @@ def fit(
             row.update(dict(zip(keys, values, strict=True)))
             row["images_per_s"] = global_batch * window_steps / elapsed
             row["step_time_s"] = elapsed / window_steps
+            # The largest process's peak (ranks differ: rank 0 holds the logger, ZeRO-3 partitions unevenly).
+            peak = torch.tensor([peak_memory_mb(device)], dtype=torch.float64, device=device)
+            if world > 1:
+                dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+            row["peak_mem_mb"] = float(peak)
             grad_norm = engine.get_global_grad_norm()
             if grad_norm is not None:
                 row["grad_norm"] = float(grad_norm)

@@ -439,11 +439,13 @@ def read_embedded_config(file: str) -> dict[str, Any] | None:
 
 def task_losses(
     model: nn.Module, batch: dict[str, torch.Tensor], cfg: FinetuneConfig, class_weight: torch.Tensor | None
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
     """The weighted sum of the task losses on one batch, and per-task figures for the metrics.
 
     Every task of the run gets a `loss_{task}` and `rows_{task}` entry, 0 when the batch has none of its rows:
-    the engine averages the figures over ranks key by key, so every rank must report the same keys.
+    the engine averages the figures over ranks key by key, so every rank must report the same keys. The losses
+    stay device tensors (the engine sums them where they live and reads them once per logged step), and each
+    head's output is cast to fp32 first: a bf16 model's losses are computed in fp32.
     """
     tasks = cfg.active_tasks
     routes = {t: batch[f"{t}_index"] for t in tasks if f"{t}_index" in batch}
@@ -455,11 +457,11 @@ def task_losses(
     outputs = model(batch["image"], {**routes, **{t: first_row for t in absent}})
     weights = {"pose": cfg.pose.loss_weight, "seg": cfg.seg.loss_weight}
     weights |= {"depth": cfg.depth.loss_weight, "normal": cfg.normal.loss_weight}
-    total = batch["image"].new_zeros(())
-    logs: dict[str, float] = {}
+    total = batch["image"].new_zeros((), dtype=torch.float32)
+    logs: dict[str, float | torch.Tensor] = {}
     for task in tasks:
-        logs[f"rows_{task}"] = float(len(routes[task])) if task in routes else 0.0
-        pred = outputs[task]
+        logs[f"rows_{task}"] = float(len(routes[task])) if task in routes else 0.0  # a shape: no device read
+        pred = outputs[task].float()
         if task in absent:
             total = total + pred.sum() * 0.0
             logs[f"loss_{task}"] = 0.0
@@ -474,7 +476,7 @@ def task_losses(
             loss = silog_loss(pred, batch["depth"], batch["depth_mask"])
         else:
             loss = normal_loss(pred, batch["normal"], batch["normal_mask"])
-        logs[f"loss_{task}"] = float(loss.detach())
+        logs[f"loss_{task}"] = loss.detach()
         total = total + weights[task] * loss
     return total, logs
 

@@ -3,6 +3,12 @@
 Each loss states its formula and the shapes it takes; each returns a defined value (0, with a gradient path
 to `pred`) when nothing is valid, never NaN, so a batch whose samples lack a label still steps. Tested
 against a direct numpy computation of the formula in tests/finetune/test_losses.py.
+
+No loss reads a device value on the host (no `bool(t.any())`, `if t == 0`, `float(t)`): each would wait for the
+GPU on every step. "Nothing valid" is handled arithmetically instead: a sum over an empty set divided by a
+denominator clamped away from 0 is 0, with the graph (and every head parameter's zero gradient) intact.
+Predictions are computed in fp32 whatever the model's dtype: the caller casts (`train.finetune.task_losses`),
+and each loss casts again so that it is exact when called directly on bf16 tensors.
 """
 
 from __future__ import annotations
@@ -13,10 +19,16 @@ import torch.nn.functional as F
 IGNORE_INDEX = 255
 
 
-def _zero_like(pred: torch.Tensor) -> torch.Tensor:
-    # `pred.sum() * 0` keeps `pred` in the graph: every head parameter gets a (zero) gradient, which ZeRO's
-    # gradient partitioning expects, instead of None.
-    return pred.sum() * 0.0
+def _fp32(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Half-precision tensors as fp32; fp32 and fp64 as they are (the numpy checks run in fp64)."""
+    return tuple(t.float() if t.is_floating_point() and t.element_size() < 4 else t for t in tensors)
+
+
+def _safe_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """numerator / denominator, 0 (with `numerator`'s graph) where the denominator is 0: a weighted mean over
+    nothing. The numerator is then a sum of zero terms, so every parameter still gets a (zero) gradient, which
+    ZeRO's gradient partitioning expects, instead of None."""
+    return numerator / denominator.clamp(min=torch.finfo(denominator.dtype).tiny)
 
 
 def heatmap_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -30,11 +42,9 @@ def heatmap_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) 
         raise ValueError(f"heatmap_mse: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
     if weight.shape != pred.shape[:2]:
         raise ValueError(f"heatmap_mse: weight {tuple(weight.shape)} must be (B, K) = {tuple(pred.shape[:2])}")
+    pred, target, weight = _fp32(pred, target, weight)
     per_keypoint = (pred - target).pow(2).mean(dim=(2, 3))  # (B, K)
-    total = weight.sum()
-    if total <= 0:
-        return _zero_like(pred)
-    return (per_keypoint * weight).sum() / total
+    return _safe_divide((per_keypoint * weight).sum(), weight.sum())
 
 
 def heatmap_ohkm_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, topk: int) -> torch.Tensor:
@@ -54,16 +64,15 @@ def heatmap_ohkm_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Ten
         raise ValueError(f"heatmap_ohkm_mse: weight {tuple(weight.shape)} must be (B, K) = {tuple(pred.shape[:2])}")
     if topk < 1:
         raise ValueError(f"heatmap_ohkm_mse: topk must be >= 1, got {topk}")
+    pred, target, weight = _fp32(pred, target, weight)
     weighted = (pred - target).pow(2).mean(dim=(2, 3)) * weight  # (B, K)
     labelled = weight > 0
-    if not bool(labelled.any()):
-        return _zero_like(pred)
     # Unlabelled keypoints rank below every labelled one, so they are picked only when a sample has fewer
     # than topk labelled keypoints, and are then masked out of both sums.
     ranking = torch.where(labelled, weighted.detach(), torch.finfo(weighted.dtype).min)
     chosen = ranking.topk(min(topk, pred.shape[1]), dim=1).indices  # (B, k)
-    keep = labelled.gather(1, chosen)
-    return weighted.gather(1, chosen)[keep].sum() / weight.gather(1, chosen)[keep].sum()
+    keep = labelled.gather(1, chosen).to(weighted.dtype)
+    return _safe_divide((weighted.gather(1, chosen) * keep).sum(), (weight.gather(1, chosen) * keep).sum())
 
 
 def weighted_ce(
@@ -78,16 +87,17 @@ def weighted_ce(
     """
     if logits.ndim != 4 or target.ndim != 3 or logits.shape[0] != target.shape[0]:
         raise ValueError(f"weighted_ce: logits {tuple(logits.shape)} must be (B, C, h, w), target (B, H, W)")
+    (logits,) = _fp32(logits)
     if logits.shape[2:] != target.shape[1:]:
         logits = F.interpolate(logits, size=target.shape[1:], mode="bilinear", align_corners=False)
     target = target.long()
     valid = target != ignore_index
-    if not bool(valid.any()):
-        return _zero_like(logits)
     num_classes = logits.shape[1]
     if class_weight is not None and class_weight.shape != (num_classes,):
         raise ValueError(f"weighted_ce: class_weight {tuple(class_weight.shape)} must be ({num_classes},)")
-    if bool((target[valid] >= num_classes).any()) or bool((target[valid] < 0).any()):
+    # The range check reads the target on the host: free on CPU, a stall per step on a GPU, where an
+    # out-of-range id fails the gather below with a device-side assertion instead.
+    if target.device.type == "cpu" and bool(((target < 0) | (target >= num_classes))[valid].any()):
         raise ValueError(f"weighted_ce: target has class ids outside 0..{num_classes - 1} (and {ignore_index})")
     # Written out rather than F.cross_entropy: PyTorch returns NaN when every labelled pixel has weight 0.
     safe_target = torch.where(valid, target, 0)
@@ -95,10 +105,7 @@ def weighted_ce(
     w = valid.to(logits.dtype)
     if class_weight is not None:
         w = w * class_weight.to(logits.dtype)[safe_target]
-    total = w.sum()
-    if total <= 0:
-        return _zero_like(logits)
-    return (nll * w).sum() / total
+    return _safe_divide((nll * w).sum(), w.sum())
 
 
 def silog_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -111,20 +118,18 @@ def silog_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, eps
         L = mean over images with M_b > 0 of L_b     (0 when no image has a valid pixel)
     The variance term is clamped at 1e-12 before the square root, whose gradient is infinite at 0.
     """
-    pred, target, mask = _dense_1ch(pred), _dense_1ch(target), _dense_1ch(mask).bool()
+    (pred, target), mask = _fp32(_dense_1ch(pred), _dense_1ch(target)), _dense_1ch(mask).bool()
     if pred.shape[1:] != target.shape[1:]:
         pred = F.interpolate(pred[:, None], size=target.shape[1:], mode="bilinear", align_corners=False)[:, 0]
     valid = mask & (target > eps)
     count = valid.flatten(1).sum(1)  # (B,)
-    has = count > 0
-    if not bool(has.any()):
-        return _zero_like(pred)
+    has = (count > 0).to(pred.dtype)
     delta = torch.where(valid, torch.log(target.clamp(min=eps)) - torch.log(pred.clamp(min=eps)), 0.0)
     n = count.clamp(min=1).to(pred.dtype)
     mean_sq = delta.pow(2).flatten(1).sum(1) / n
     mean = delta.flatten(1).sum(1) / n
     per_image = torch.sqrt((mean_sq - 0.5 * mean.pow(2)).clamp(min=1e-12))
-    return per_image[has].mean()
+    return _safe_divide((per_image * has).sum(), has.sum())
 
 
 def normal_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -138,16 +143,14 @@ def normal_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, ep
     """
     if pred.ndim != 4 or pred.shape[1] != 3 or target.shape[:2] != pred.shape[:2]:
         raise ValueError(f"normal_loss: pred {tuple(pred.shape)} and target {tuple(target.shape)} must be (B, 3, ...)")
+    pred, target = _fp32(pred, target)
     if pred.shape[2:] != target.shape[2:]:
         pred = F.interpolate(pred, size=target.shape[2:], mode="bilinear", align_corners=False)
     n_hat = pred / pred.norm(dim=1, keepdim=True).clamp(min=eps)
     valid = mask.bool() & (target.abs().sum(dim=1) > 0)  # (B, H, W)
-    count = valid.sum()
-    if count == 0:
-        return _zero_like(pred)
     l1 = (target - n_hat).abs().sum(dim=1)
     angular = 1.0 - (target * n_hat).sum(dim=1)
-    return ((l1 + angular) * valid).sum() / count
+    return _safe_divide(((l1 + angular) * valid).sum(), valid.sum().to(pred.dtype))
 
 
 def _dense_1ch(x: torch.Tensor) -> torch.Tensor:

@@ -81,12 +81,8 @@ def build_mae(m: MAEModelConfig):
 
 def mae_loss(engine, batch: dict) -> tuple:
     """MAE loss of one batch of uint8 images (B, 3, H, W); logs nothing beyond the loss."""
-    import torch
-
-    images = normalise(batch["images"])
-    if getattr(engine, "bfloat16_enabled", lambda: False)():
-        images = images.to(torch.bfloat16)
-    loss, _, _ = engine(images)
+    # fp32 in: the encoder casts to its dtype, and the MAE target is made from these fp32 pixels.
+    loss, _, _ = engine(normalise(batch["images"]))
     return loss, {}
 
 

@@ -214,8 +214,18 @@ def pose_metrics(gt: dict[str, Any], preds: list[dict[str, Any]], subset_name: s
         preds_group = [dict(p, keypoints=_slice(p["keypoints"], positions)) for p in preds]
         groups[group] = coco_keypoint_stats(gt_group, preds_group, subset_sigmas[positions])
     result.update(keypoints=subset_name, num_keypoints=num, persons=len(gt["annotations"]), predictions=len(preds))
+    result["oks_area"] = oks_area_source(gt["annotations"])
     result["groups"] = groups
     return result
+
+
+def oks_area_source(annotations: list[dict[str, Any]]) -> str:
+    """Which areas scaled the OKS: "mask" (COCO's convention: segmentation areas), "box", "mixed", or "given"
+    (a ground-truth file that does not say: its own `area` values were used as they are)."""
+    sources = {a.get("area_source") for a in annotations}
+    if sources == {"mask"} or sources == {"box"}:
+        return sources.pop()  # type: ignore[return-value]
+    return "mixed" if sources <= {"mask", "box"} and sources else "given"
 
 
 def load_json(path: str, what: str) -> Any:

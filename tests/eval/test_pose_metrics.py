@@ -165,3 +165,28 @@ def test_pose_files_bad_json_and_wrong_types(tmp_path) -> None:
     with pytest.raises(MetricInputError, match=r"unknown keypoint subset 'hand'"):
         pose_metrics_from_files(str(gt_path), str(pred_path), "hand")
     assert pose_metrics_from_files(str(gt_path), str(pred_path))["keypoints"] == "coco17"
+
+
+def test_oks_area_from_the_person_mask_and_its_source_is_reported() -> None:
+    """COCO scales OKS by the segmentation area; the box area is larger and flatters the same predictions."""
+    from eval.model_eval import person_area
+
+    mask = np.zeros((100, 80), bool)
+    mask[20:80, 30:50] = True  # a 60 x 20 person inside a 80 x 40 box
+    assert person_area(mask, (20.0, 10.0, 60.0, 90.0)) == (1200.0, "mask")
+    assert person_area(None, (20.0, 10.0, 60.0, 90.0)) == (3200.0, "box")
+    assert person_area(np.zeros((100, 80), bool), (20.0, 10.0, 60.0, 90.0)) == (3200.0, "box")  # nobody there
+
+    rng = np.random.default_rng(11)
+    gt, preds = coco_pose_set(rng, "coco17", images=4, persons=2)
+    assert pose_metrics(gt, preds, "coco17")["oks_area"] == "given"  # a foreign file: its own areas, as given
+    boxes, masks = copy.deepcopy(gt), copy.deepcopy(gt)
+    for a in boxes["annotations"]:
+        a["area_source"] = "box"
+    for a in masks["annotations"]:
+        a["area"], a["area_source"] = a["area"] * 0.4, "mask"  # people fill ~40% of their boxes
+    by_box, by_mask = pose_metrics(boxes, preds, "coco17"), pose_metrics(masks, preds, "coco17")
+    assert by_box["oks_area"] == "box" and by_mask["oks_area"] == "mask"
+    assert by_mask["AP"] < by_box["AP"]  # the same errors, judged against the person's real size
+    masks["annotations"][0]["area_source"] = "box"
+    assert pose_metrics(masks, preds, "coco17")["oks_area"] == "mixed"

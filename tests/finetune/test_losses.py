@@ -147,3 +147,37 @@ def test_normal_loss_perfect_is_zero_and_empty_is_zero() -> None:
 def test_normal_loss_rejects_wrong_channels() -> None:
     with pytest.raises(ValueError, match="normal_loss"):
         normal_loss(torch.randn(1, 2, 4, 4), torch.randn(1, 3, 4, 4), torch.ones(1, 4, 4, dtype=torch.bool))
+
+
+def test_losses_never_read_a_device_value_on_the_host() -> None:
+    """On the meta device any host read (`bool(t)`, `float(t)`, `if t == 0`) raises: a stand-in for the GPU
+    sync each would force on every step."""
+    from train.losses import heatmap_mse, heatmap_ohkm_mse, normal_loss, silog_loss, weighted_ce
+
+    with torch.device("meta"):
+        heat, weight = torch.rand(2, 5, 8, 6), torch.rand(2, 5)
+        assert heatmap_mse(heat, heat, weight).shape == ()
+        assert heatmap_ohkm_mse(heat, heat, weight, 3).shape == ()
+        logits, classes = torch.rand(2, 4, 8, 6), torch.randint(0, 4, (2, 16, 12))
+        assert weighted_ce(logits, classes, torch.rand(4)).shape == ()
+        depth, valid = torch.rand(2, 1, 16, 12), torch.rand(2, 16, 12) > 0.5
+        assert silog_loss(depth, depth, valid).shape == ()
+        assert normal_loss(torch.rand(2, 3, 8, 6), torch.rand(2, 3, 16, 12), valid).shape == ()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_predictions_give_fp32_losses(dtype: torch.dtype) -> None:
+    """A bf16 model's heads feed the losses: each is computed in fp32 on the (rounded) predictions."""
+    from train.losses import heatmap_mse, normal_loss, silog_loss, weighted_ce
+
+    g = torch.Generator().manual_seed(0)
+    heat, target, weight = torch.rand(2, 5, 8, 6, generator=g), torch.rand(2, 5, 8, 6, generator=g), torch.ones(2, 5)
+    low = heat.to(dtype)
+    got = heatmap_mse(low, target, weight)
+    assert got.dtype == torch.float32 and got.item() == pytest.approx(heatmap_mse(low.float(), target, weight).item())
+    logits, classes = torch.randn(2, 4, 8, 6, generator=g).to(dtype), torch.randint(0, 4, (2, 8, 6), generator=g)
+    assert weighted_ce(logits, classes, None).dtype == torch.float32
+    depth, valid = torch.rand(2, 1, 8, 6, generator=g) + 0.5, torch.ones(2, 8, 6, dtype=torch.bool)
+    assert silog_loss(depth.to(dtype), depth, valid).dtype == torch.float32
+    normals = torch.randn(2, 3, 8, 6, generator=g)
+    assert normal_loss(normals.to(dtype), normals / normals.norm(dim=1, keepdim=True), valid).dtype == torch.float32

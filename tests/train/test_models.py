@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from train.config import OptimConfig
 from train.models.layers import resize_pos_embed, sincos_pos_embed
 from train.models.mae import MAE, DecoderConfig, mae_params, patchify, random_masking, unpatchify
 from train.models.vit import ARCHS, ViT, arch_config, build_vit, count_params, vit_flops
@@ -142,3 +143,42 @@ def test_mae_rejects_wrong_size_and_ratio() -> None:
         mae(torch.zeros(1, 3, 64, 64))
     with pytest.raises(ValueError, match="mask_ratio"):
         MAE(build_vit("tiny", img_size=(32, 32), depth=1), mask_ratio=1.0)
+
+
+def test_mae_keeps_the_encoder_position_embedding_fixed_sincos() -> None:
+    """MAE and Sapiens pretrain with the fixed 2-D sin-cos table; fine-tuning learns it from there."""
+    from train.engine import param_groups
+    from train.finetune import FinetuneModel
+
+    torch.manual_seed(0)
+    mae = MAE(build_vit("tiny", img_size=(32, 32), depth=1), DecoderConfig(dim=64, depth=1, num_heads=4))
+    table = sincos_pos_embed(192, (2, 2)).unsqueeze(0)
+    assert not mae.encoder.pos_embed.requires_grad and torch.equal(mae.encoder.pos_embed, table)
+    opt = torch.optim.AdamW([p for p in mae.parameters() if p.requires_grad], lr=1e-2)
+    loss, _, _ = mae(torch.randn(4, 3, 32, 32))
+    loss.backward()
+    opt.step()
+    assert torch.equal(mae.encoder.pos_embed, table)
+    in_groups = {id(p) for g in param_groups(mae, OptimConfig()) for p in g["params"]}
+    assert id(mae.encoder.pos_embed) not in in_groups
+    assert build_vit("tiny", img_size=(32, 32), depth=1).pos_embed.requires_grad  # a backbone to fine-tune learns it
+    assert FinetuneModel(build_vit("tiny", img_size=(32, 32), depth=1), {}).backbone.pos_embed.requires_grad
+
+
+def test_bf16_mae_takes_fp32_images_and_builds_its_target_from_them() -> None:
+    """The encoder casts the images to its dtype; the norm-pix target comes from the fp32 pixels (bf16 keeps 8
+    bits of mantissa: a target from bf16 pixels would be off by up to ~0.4% of each pixel)."""
+    torch.manual_seed(0)
+    mae = MAE(build_vit("tiny", img_size=(32, 32), depth=1), DecoderConfig(dim=64, depth=1, num_heads=4))
+    mae = mae.to(torch.bfloat16)
+    images, noise = torch.randn(2, 3, 32, 32) * 3 + 1, torch.rand(2, 4)
+    loss, pred, mask = mae(images, noise=noise)
+    assert pred.dtype == torch.bfloat16 and loss.dtype == torch.float32
+
+    def expected(pixels: torch.Tensor) -> torch.Tensor:
+        target = patchify(pixels.float(), 16)
+        target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
+        return (((pred.float() - target) ** 2).mean(-1) * mask).sum() / mask.sum()
+
+    assert loss.item() == pytest.approx(expected(images).item(), rel=1e-6)
+    assert abs(expected(images.bfloat16()).item() - loss.item()) > 1e-5  # the test can tell the two apart

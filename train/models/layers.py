@@ -30,7 +30,9 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, padding=padding)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        x = self.proj(x)  # (B, C, h, w)
+        # Images arrive in fp32 whatever the model's dtype: the cast lives here, at the one entry of every backbone,
+        # so a bf16 engine (DeepSpeed converts the parameters, not the inputs) and every caller get it.
+        x = self.proj(x.to(self.proj.weight.dtype))  # (B, C, h, w)
         grid = (x.shape[2], x.shape[3])
         return x.flatten(2).transpose(1, 2), grid
 

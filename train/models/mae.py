@@ -72,6 +72,9 @@ class MAE(nn.Module):
         self.norm_pix = norm_pix
         self.patch_size = encoder.patch_size
         grid = encoder.grid
+        # The encoder's position embedding stays the fixed 2-D sin-cos table while pretraining (MAE, Sapiens):
+        # frozen here, so no optimizer group holds it; fine-tuning (a FinetuneModel) learns it from there.
+        encoder.pos_embed.requires_grad_(False)
         self.decoder_embed = nn.Linear(encoder.embed_dim, decoder.dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder.dim))
         # Fixed (not learned) as in MAE: the decoder only needs to know where a token sits.
@@ -104,7 +107,9 @@ class MAE(nn.Module):
     def forward(
         self, images: torch.Tensor, noise: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """images (B, 3, H, W) at the encoder's build size; noise (B, L) uniform, drawn here if None.
+        """images (B, 3, H, W) at the encoder's build size, fp32 (the encoder casts them to its own dtype; the
+        target is built from these fp32 pixels, so a bf16 model still learns fp32-normalised patches); noise
+        (B, L) uniform, drawn here if None.
 
         Returns loss (scalar), pred (B, L, p*p*3) in normalised-patch units, mask (B, L) with 1 = masked.
         """
