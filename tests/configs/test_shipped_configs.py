@@ -29,6 +29,7 @@ YAMLS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursiv
 JSONS = sorted(glob.glob(os.path.join(ROOT, "configs", "deepspeed", "*.json")))
 KNOWN_FOLDERS = {"pretrain", "finetune", "curate", "synth", "eval", "annotation"}
 IMAGE_HW = (64, 48)
+MULTI_TINY = os.path.join(ROOT, "configs/finetune/multi_tiny.yaml")
 
 
 def folder_of(path: str) -> str:
@@ -80,6 +81,18 @@ def check_trained_as_shipped(run: str, raw: dict, steps: int = 2) -> None:
     assert ds["zero_optimization"]["stage"] == raw.get("zero_stage", 0)
 
 
+# The shrink every training run gets: 2 blocks, small images and heads, 2 steps, no progress bar or TensorBoard.
+SHRUNK = ["model.depth=2", "steps=2", "optim.warmup_steps=1", "batch_size=2", "progress=false", "tensorboard=false"]
+FINETUNE_SIZE = [f"model.image_size=[{IMAGE_HW[0]},{IMAGE_HW[1]}]", "model.head_channels=8"]
+MAE_SIZE = ["model.img_size=[64,64]", "model.decoder_dim=64", "model.decoder_depth=1", "model.decoder_heads=4"]
+
+
+def train(stage: str, config: str, run: str, shards: str, *overrides: str) -> int:
+    """`hv train pretrain|finetune --config CONFIG --out RUN --in-process` on `shards`, shrunk."""
+    argv = ["train", stage, "--config", config, "--out", run, "--in-process", f"data.shards={shards}"]
+    return hv(*argv, *SHRUNK, *overrides)
+
+
 @pytest.fixture(scope="module")
 def people(tmp_path_factory) -> str:
     """Synthetic people with every label (coco17 pose, seg, depth, normal, mask), 8 shards of 2."""
@@ -101,13 +114,7 @@ def test_every_config_folder_has_a_runner() -> None:
 def test_pretrain_config_trains_as_shipped(path: str, people: str, tmp_path: Path) -> None:
     raw = shipped(path)
     run = str(tmp_path / "run")
-    code = hv(
-        "train", "pretrain", "--config", path, "--out", run, "--in-process", f"data.shards={people}",
-        "model.arch=tiny", "model.depth=2", "model.img_size=[64,64]", "model.decoder_dim=64", "model.decoder_depth=1",
-        "model.decoder_heads=4", "steps=2", "optim.warmup_steps=1", "batch_size=2", loader_workers(raw),
-        "progress=false", "tensorboard=false",
-    )  # fmt: skip
-    assert code == 0
+    assert train("pretrain", path, run, people, "model.arch=tiny", *MAE_SIZE, loader_workers(raw)) == 0
     check_trained_as_shipped(run, raw)
 
 
@@ -119,13 +126,8 @@ def test_finetune_config_trains_as_shipped(path: str, people: str, tmp_path: Pat
 
     raw = shipped(path)
     run = str(tmp_path / "run")
-    code = hv(
-        "train", "finetune", "--config", path, "--out", run, "--in-process", f"data.shards={people}",
-        "model.arch=tiny", "model.depth=2", f"model.image_size=[{IMAGE_HW[0]},{IMAGE_HW[1]}]",
-        "model.head_channels=8", "steps=2", "optim.warmup_steps=1", "batch_size=2", "data.shuffle_buffer=4",
-        loader_workers(raw), "progress=false", "tensorboard=false",
-    )  # fmt: skip
-    assert code == 0
+    overrides = ["model.arch=tiny", *FINETUNE_SIZE, "data.shuffle_buffer=4", loader_workers(raw)]
+    assert train("finetune", path, run, people, *overrides) == 0
     check_trained_as_shipped(run, raw)
     rows = metrics_of(run)
     for task in Predictor(run).tasks:  # each head was trained on rows of its own, with a finite fp32 loss
@@ -139,13 +141,10 @@ def test_deepspeed_json_trains(path: str, people: str, tmp_path: Path) -> None:
     with open(path) as f:
         stage = json.load(f)["zero_optimization"]["stage"]
     run = str(tmp_path / "run")
-    code = hv(
-        "train", "finetune", "--config", os.path.join(ROOT, "configs/finetune/multi_tiny.yaml"), "--out", run,
-        "--in-process", f"data.shards={people}", f"deepspeed_config={path}", f"zero_stage={stage}",
-        "model.depth=2", f"model.image_size=[{IMAGE_HW[0]},{IMAGE_HW[1]}]", "model.head_channels=8", "steps=2",
-        "optim.warmup_steps=1", "batch_size=2", "progress=false", "tensorboard=false",
-    )  # fmt: skip
-    assert code == 0
+    assert (
+        train("finetune", MULTI_TINY, run, people, *FINETUNE_SIZE, f"deepspeed_config={path}", f"zero_stage={stage}")
+        == 0
+    )
     with open(os.path.join(run, "deepspeed_config.json")) as f:
         used = json.load(f)
     with open(path) as f:
@@ -160,13 +159,7 @@ def test_deepspeed_json_trains(path: str, people: str, tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def tiny_model(people: str, tmp_path_factory) -> str:
     run = str(tmp_path_factory.mktemp("multi"))
-    code = hv(
-        "train", "finetune", "--config", os.path.join(ROOT, "configs/finetune/multi_tiny.yaml"), "--out", run,
-        "--in-process", f"data.shards={people}", "model.depth=2", f"model.image_size=[{IMAGE_HW[0]},{IMAGE_HW[1]}]",
-        "model.head_channels=8", "steps=2", "optim.warmup_steps=1", "batch_size=2", "progress=false",
-        "tensorboard=false",
-    )  # fmt: skip
-    assert code == 0
+    assert train("finetune", MULTI_TINY, run, people, *FINETUNE_SIZE) == 0
     return run
 
 
