@@ -53,6 +53,7 @@ from data_engine.decode import reason_code
 from data_engine.dedup import Candidate, decide
 from data_engine.inputs import check_inputs, iter_uris
 from data_engine.manifest import MANIFEST_SCHEMA, write_table_atomic
+from data_engine.ray_runtime import init_ray
 
 SHARD_PREFIX = "curated"
 DECISION_SCHEMA = pa.schema(
@@ -72,6 +73,7 @@ WRITTEN_SCHEMA = pa.schema(
     ]
 )
 KILL_ENV = "HV_CURATE_KILL_AT"  # fault injection for tests: "<point>:<n>" sends SIGKILL to this process
+HOLD_ENV = "HV_CURATE_HOLD_AT"  # for tests: "<point>:<file>" waits at <point> until <file> exists (a live job)
 
 
 class CurateError(RuntimeError):
@@ -127,6 +129,13 @@ def _maybe_kill(point: str, counters: Counter) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _maybe_hold(point: str) -> None:
+    name, _, release = os.environ.get(HOLD_ENV, "").partition(":")
+    if name == point and release:
+        while not os.path.exists(release):
+            time.sleep(0.05)
+
+
 # --------------------------------------------------------------------------------------------------- Ray
 
 
@@ -137,20 +146,14 @@ def ray_session(cfg: CurateConfig) -> Iterator[None]:
 
     started = False
     if not ray.is_initialized():
-        common: dict[str, Any] = {"log_to_driver": False, "logging_level": "ERROR"}
-        if cfg.ray_address:
-            ray.init(address=cfg.ray_address, **common)
-        else:
-            # Ray's socket paths must stay under ~107 characters: a short temp folder, not the output folder.
-            temp = os.path.join(tempfile.gettempdir(), f"hv-ray-{os.getuid()}")
-            ray.init(
-                num_cpus=cfg.num_cpus or os.cpu_count(),
-                include_dashboard=False,
-                object_store_memory=cfg.object_store_mb * 1024 * 1024,
-                _temp_dir=temp,
-                _system_config={"worker_niceness": cfg.worker_niceness},
-                **common,
-            )
+        # Ray's socket paths must stay under ~107 characters: a short temp folder, not the output folder.
+        init_ray(
+            cfg.ray_address,
+            num_cpus=cfg.num_cpus or os.cpu_count(),
+            object_store_memory=cfg.object_store_mb * 1024 * 1024,
+            _temp_dir=os.path.join(tempfile.gettempdir(), f"hv-ray-{os.getuid()}"),
+            _system_config={"worker_niceness": cfg.worker_niceness},
+        )
         started = True
     from ray.data import DataContext
 
@@ -295,6 +298,7 @@ def analyse_phase(cfg: CurateConfig, state: State, ensure_ray: Callable[[], None
         if pending:
             state.append(state.analysis, pa.concat_tables(pending))
             _maybe_kill("analysis_part", kills)
+            _maybe_hold("analysis_part")
         pending, pending_rows = [], 0
 
     try:
