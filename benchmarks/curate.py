@@ -198,8 +198,9 @@ def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-    from data_engine.curate import ray_session, run_curate
+    from data_engine.curate import run_curate
     from data_engine.curate_config import load_config
+    from data_engine.curate_ray import ray_session
 
     work = tempfile.mkdtemp(prefix="hv-bench-curate-")
     try:

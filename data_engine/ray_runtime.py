@@ -30,6 +30,10 @@ TOKEN_ENV = "RAY_AUTH_TOKEN"
 TOKEN_DIR_ENV = "HV_RAY_TOKEN_DIR"
 
 
+class RayConnectError(RuntimeError):
+    """`--ray-address` names no cluster this process may join (down, wrong address, or a token it lacks)."""
+
+
 def token_folder() -> Path:
     override = os.environ.get(TOKEN_DIR_ENV)
     if override:
@@ -92,7 +96,12 @@ def init_ray(address: str = "", **local_options: Any) -> None:
 
     common: dict[str, Any] = {"log_to_driver": False, "logging_level": "ERROR"}
     if address:
-        ray.init(address=address, **common)
+        try:
+            ray.init(address=address, **common)
+        except Exception as e:  # Ray raises ConnectionError, AuthenticationError, RuntimeError... for one cause
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            hint = f"; a cluster with token authentication needs {AUTH_MODE_ENV}=token and {TOKEN_PATH_ENV}=FILE"
+            raise RayConnectError(f"--ray-address {address}: cannot join that Ray cluster ({first}){hint}") from None
         return
     enable_local_token_auth()
     ray.init(include_dashboard=False, **common, **local_options)

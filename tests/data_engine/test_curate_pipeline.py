@@ -54,6 +54,10 @@ def test_every_input_gets_exactly_one_row_and_its_reason(curated, corpus, helper
     saved = json.loads((out / "stats.json").read_text())
     assert saved["status"] == counts and saved["reason"]["unreadable"] == 3 and saved["reason"]["too_many_pixels"] == 2
     assert (out / "config.yaml").read_text().count("max_hamming") == 1
+    # notes.md: the one file under the input folder that is not an image by its extension
+    assert saved["skipped_by_extension"] == 1
+    on_disk = sum(len(files) for _, _, files in os.walk(images))
+    assert saved["inputs"] + saved["skipped_by_extension"] == on_disk + 1  # + the listed but missing file
 
 
 def test_duplicates_point_at_the_kept_sample(curated, corpus):
@@ -211,7 +215,7 @@ def test_write_members_copies_in_threads_reencodes_in_ray_and_records_changed_fi
     from skimage import data
 
     from data_engine.analysis import ANALYSIS_SCHEMA, analyse_uri
-    from data_engine.curate import shard_members
+    from data_engine.curate_ray import shard_members
 
     folder = tmp_path / "in"
     folder.mkdir()

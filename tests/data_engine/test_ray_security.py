@@ -14,7 +14,7 @@ import urllib.request
 import psutil
 import pytest
 
-from data_engine.curate import HOLD_ENV
+from data_engine.curate_state import HOLD_ENV
 from data_engine.ray_runtime import token_file
 
 # One harmless call per Ray gRPC service that listens on a port (GCS, raylet node manager and object manager,
