@@ -61,6 +61,13 @@ def analysis_dataset(uris: list[str], cfg: CurateConfig):
     import ray
 
     detect = cfg.detector.name != DetectorName.none
+    pool: dict[str, Any] = {}
+    if detect:
+        # Decode and quality are CPU work for every core of the cluster; only the detector belongs in its actors.
+        # Ray Data fuses a task stage into the actor stage after it (decoding would then run in only
+        # `detector.concurrency` processes) unless the task pool's size differs from the actor pool's: size it
+        # to the cluster's CPUs. When the two are equal, fused or not, decoding has every CPU.
+        pool["concurrency"] = max(1, int(ray.cluster_resources().get("CPU", 1)))
     ds = ray.data.from_arrow(_blocks(pa.table({"uri": pa.array(uris, pa.string())}), cfg.images_per_task))
     ds = ds.map_batches(
         analyse_batch,
@@ -68,6 +75,7 @@ def analysis_dataset(uris: list[str], cfg: CurateConfig):
         batch_format="pyarrow",
         batch_size=None,
         num_cpus=1,
+        **pool,
     )
     if detect:
         from data_engine.detect import PersonDetectorStage

@@ -244,3 +244,25 @@ def test_write_members_copies_in_threads_reencodes_in_ray_and_records_changed_fi
     copies_only = records.filter(pa.compute.is_null(records.column("reencode")))
     calls.clear()
     assert len(members(copies_only, calls)) == 2 and not calls, "no Ray start when nothing needs re-encoding"
+
+
+def test_with_a_detector_decoding_runs_in_cpu_tasks_and_only_detection_in_actors(
+    ray_local, bright_box_onnx, helpers, tmp_path
+):
+    """Ray Data would fuse the decode stage into the detector's actor pool (decoding in `concurrency` processes):
+    the plan that runs keeps them apart, a task operator for decode and quality and an actor one for detection."""
+    from data_engine.curate_ray import analysis_dataset
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(helpers.bright_box_image(400, 320, (40, 30, 260, 370), seed=i)).save(folder / f"{i}.png")
+    settings = [f"detector.weights={bright_box_onnx}", "images_per_task=1", "detector.min_height=100"]
+    cfg = _cfg([folder], tmp_path / "out", *settings, detector="onnx")
+    assert cfg.detector.concurrency == 1 and ray_local.cluster_resources()["CPU"] == 2
+    ds = analysis_dataset(sorted(str(p) for p in folder.iterdir()), cfg).materialize()
+    plan = ds.stats()
+    assert "MapBatches(analyse_batch)->MapBatches(PersonDetectorStage)" not in plan, plan
+    assert "MapBatches(analyse_batch)" in plan and "MapBatches(PersonDetectorStage)" in plan, plan
+    rows = ds.take_all()
+    assert len(rows) == 4 and {r["num_persons"] for r in rows} == {1}  # the detector still saw every image
