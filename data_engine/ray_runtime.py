@@ -55,23 +55,38 @@ def token_file(folder: Path | None = None) -> Path:
         raise PermissionError(f"Ray token folder {folder} is not a folder owned by this user")
     os.chmod(folder, 0o700)
     path = folder / "auth_token"
-    try:
-        info = path.lstat()
-        trusted = stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) == 0o600
-        if trusted and path.read_text(encoding="ascii").strip():
-            return path
-    except FileNotFoundError:
-        pass
+    state = _token_state(path)
+    if state == "trusted":
+        return path
     tmp = folder / f".auth_token.tmp-{os.getpid()}"
+    tmp.unlink(missing_ok=True)  # left by a killed process with this PID
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others, not even briefly
     try:
         with os.fdopen(fd, "w", encoding="ascii") as f:
             f.write(secrets.token_hex(32))
+        if state == "missing":
+            try:
+                # Create only if still absent: two jobs starting at once must end up with one token, or the
+                # workers of the first would read the second's.
+                os.link(tmp, path)
+                return path
+            except FileExistsError:
+                if _token_state(path) == "trusted":
+                    return path
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def _token_state(path: Path) -> str:
+    """ "missing", "trusted" (a non-empty regular file of ours, mode 0600) or "untrusted"."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return "missing"
+    private = stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) == 0o600
+    return "trusted" if private and path.read_bytes().strip() else "untrusted"
 
 
 def enable_local_token_auth(folder: Path | None = None) -> None:

@@ -86,6 +86,10 @@ def test_token_file_is_private_and_a_readable_one_is_replaced(tmp_path):
     assert token_file(folder).read_text() != "f" * 64
     assert not path.is_symlink()
 
+    path.unlink()
+    (folder / f".auth_token.tmp-{os.getpid()}").write_text("left by a killed job")
+    assert len(token_file(folder).read_text()) == 64 and os.listdir(folder) == ["auth_token"]
+
 
 @pytest.mark.slow
 def test_live_curate_job_listens_only_behind_token_auth(corpus, tmp_path):
