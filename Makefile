@@ -8,7 +8,6 @@ OUT ?= runs/demo
 # CPU-only runs: one BLAS thread per process keeps 2-process DeepSpeed runs from oversubscribing cores.
 export DS_ACCELERATOR ?= cpu
 export RAY_USAGE_STATS_ENABLED ?= 0
-export RAY_AUTH_MODE ?= disabled
 export PYOPENGL_PLATFORM ?= egl
 
 .PHONY: setup test lint demo bench clean

@@ -3,6 +3,11 @@
     .venv/bin/python benchmarks/curate.py                 # 2000 images of 1024x768, detectors none and hog
     .venv/bin/python benchmarks/curate.py --n 300 --detectors none --repeats 1
     .venv/bin/python benchmarks/curate.py --images /tmp/bench-images   # generate once, reuse on later runs
+    .venv/bin/python benchmarks/curate.py --inputs 2000 10000 --images /tmp/bench-small   # driver memory
+
+`--inputs N ...`: the driver's peak memory at N inputs (distinct 256x256 JPEGs, one list file of N URIs), each
+N curated from scratch in a fresh process: its peak RSS (ru_maxrss) once Ray has started and at the end, and
+the throughput. Growth with N is per-input state held by the driver.
 
 Data: varied photo-like JPEGs (random crops of 16 real photos shipped with scikit-image and matplotlib, flipped,
 colour-cast, overlaid with random shapes and sensor noise), plus `--dup-fraction` deliberate duplicates (byte
@@ -178,6 +183,66 @@ class Baselines:
         self.pool.shutdown()
 
 
+# ------------------------------------------------------------------------------------------- driver memory
+
+
+def make_small_images(folder: str, n: int) -> None:
+    """Distinct 256x256 JPEGs 0..n-1 in `folder` (each from its own seed: growing n keeps the earlier ones)."""
+    os.makedirs(folder, exist_ok=True)
+    photos = None
+    for i in range(n):
+        path = os.path.join(folder, f"{i:07d}.jpg")
+        if not os.path.exists(path):
+            photos = photos or _photos()
+            image = _varied_image(photos, 256, 256, np.random.default_rng([7, i]))
+            Image.fromarray(image).save(path, quality=85)
+
+
+def _driver_run(list_file: str, out: str, cpus: int, overrides: list[str], results) -> None:
+    """In a fresh process: curate the list from scratch and report this process's (the driver's) memory."""
+    import resource
+
+    import psutil
+
+    from data_engine.curate import run_curate
+    from data_engine.curate_config import load_config
+    from data_engine.curate_ray import ray_session
+
+    settings = ["progress=false", f"num_cpus={cpus}", *overrides]
+    cfg = load_config(None, settings, inputs=[list_file], out=out, detector={"name": "none"})
+    with ray_session(cfg):
+        at_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        stats = run_curate(cfg, log=lambda s: None)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        now = psutil.Process().memory_info().rss // 1024
+    results.put({"start_mb": at_start / 1024, "peak_mb": peak / 1024, "end_mb": now / 1024, "stats": stats})
+
+
+def driver_memory(sizes: list[int], images: str, cpus: int, overrides: list[str], work: str) -> None:
+    for n in sizes:
+        t = time.perf_counter()
+        make_small_images(images, n)
+        print(f"{n} images ready in {time.perf_counter() - t:.1f} s", flush=True)
+        list_file = os.path.join(work, f"inputs-{n}.txt")
+        with open(list_file, "w") as f:
+            f.writelines(os.path.join(images, f"{i:07d}.jpg") + "\n" for i in range(n))
+        ctx = get_context("spawn")
+        results = ctx.Queue()
+        out = os.path.join(work, f"out-{n}")
+        child = ctx.Process(target=_driver_run, args=(list_file, out, cpus, overrides, results))
+        child.start()
+        r = results.get()
+        child.join()
+        shutil.rmtree(out, ignore_errors=True)
+        run = r["stats"]["this_run"]
+        print(
+            f"inputs {n}: driver peak RSS {r['peak_mb']:.0f} MB (after Ray start {r['start_mb']:.0f} MB, "
+            f"+{r['peak_mb'] - r['start_mb']:.0f} MB during the job, {r['end_mb']:.0f} MB at the end); "
+            f"{run['images_per_s']:.1f} img/s; {r['stats']['status']}; phases {run['phase_seconds']}",
+            flush=True,
+        )
+
+
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -194,15 +259,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="DAG runs per detector, each between baselines")
     parser.add_argument("--ideal-sample", type=int, default=150, help="images timed in each plain loop")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="curate config overrides")
+    parser.add_argument("--inputs", nargs="*", type=int, default=[], metavar="N", help="driver memory at N inputs")
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-    from data_engine.curate import ray_session, run_curate
+    from data_engine.curate import run_curate
     from data_engine.curate_config import load_config
+    from data_engine.curate_ray import ray_session
 
     work = tempfile.mkdtemp(prefix="hv-bench-curate-")
+    if args.inputs:
+        try:
+            driver_memory(args.inputs, args.images or os.path.join(work, "small"), args.cpus, args.set, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     try:
         images = args.images or os.path.join(work, "images")
         marker = os.path.join(images, ".planned-duplicates")

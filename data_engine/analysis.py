@@ -46,9 +46,13 @@ ANALYSIS_SCHEMA = pa.schema(
         pa.field("reencode", pa.string()),  # why the original bytes cannot be kept, null if they can
     ]
 )
+# What the Ray stages give the driver: the analysis row and the Ray node that analysed it (counted per node in
+# stats.json, `this_run.images_per_node`; not checkpointed).
+NODE_FIELD = pa.field("node", pa.string())
+RAY_SCHEMA = pa.schema([*ANALYSIS_SCHEMA, NODE_FIELD])
 # Carried from the decode stage to the detector actors only, never to the driver.
 PIXEL_FIELDS = [pa.field("pixels", pa.binary()), pa.field("pixels_h", pa.int32()), pa.field("pixels_w", pa.int32())]
-PIXELS_SCHEMA = pa.schema(list(ANALYSIS_SCHEMA) + PIXEL_FIELDS)
+PIXELS_SCHEMA = pa.schema(list(RAY_SCHEMA) + PIXEL_FIELDS)
 
 
 def analyse_uri(uri: str, cfg: CurateConfig, keep_pixels: bool = False) -> dict[str, Any]:
@@ -81,9 +85,12 @@ def analyse_uri(uri: str, cfg: CurateConfig, keep_pixels: bool = False) -> dict[
 
 
 def analyse_batch(batch: pa.Table, cfg: CurateConfig, keep_pixels: bool) -> pa.Table:
-    """Ray Data stage: a batch of {uri} -> ANALYSIS_SCHEMA rows (with pixels when a detector follows)."""
-    rows = [analyse_uri(uri, cfg, keep_pixels) for uri in batch.column("uri").to_pylist()]
-    return pa.Table.from_pylist(rows, schema=PIXELS_SCHEMA if keep_pixels else ANALYSIS_SCHEMA)
+    """Ray Data stage: a batch of {uri} -> RAY_SCHEMA rows (with pixels when a detector follows)."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+    rows = [{**analyse_uri(uri, cfg, keep_pixels), "node": node} for uri in batch.column("uri").to_pylist()]
+    return pa.Table.from_pylist(rows, schema=PIXELS_SCHEMA if keep_pixels else RAY_SCHEMA)
 
 
 def apply_persons(

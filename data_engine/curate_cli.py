@@ -88,10 +88,11 @@ def _curate(args: argparse.Namespace) -> int:
 
     from data_engine.curate import CurateError, run_curate
     from data_engine.detect import DetectorError
+    from data_engine.ray_runtime import RayConnectError
 
     try:
         run_curate(cfg)
-    except (ConfigError, InputError, DetectorError) as e:
+    except (ConfigError, InputError, DetectorError, RayConnectError) as e:
         print(f"hv curate: {e}", file=sys.stderr)
         return 2
     except CurateError as e:

@@ -159,7 +159,7 @@ def load_config(
         if config_file:
             if not os.path.isfile(config_file):
                 raise ConfigError(f"config file {config_file!r} does not exist")
-            layers.append(OmegaConf.load(config_file))
+            layers.append(_load_yaml(config_file))
         set_flags = {k: v for k, v in flags.items() if v is not None}
         if set_flags:
             layers.append(OmegaConf.create(set_flags))
@@ -175,6 +175,22 @@ def load_config(
         raise ConfigError(f"bad curate config: {lines[0]}" + (f" (key {key})" if key else "")) from None
     validate(cfg)
     return cfg
+
+
+def _load_yaml(path: str) -> Any:
+    """OmegaConf.load, with a syntax error's file, line and column kept in one line (OmegaConf's own message
+    spans several lines, and the generic handler below keeps only the first, which names neither)."""
+    import yaml
+
+    try:
+        return OmegaConf.load(path)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = " ".join(p for p in (e.problem, e.context) if p) or type(e).__name__
+        raise ConfigError(f"config file {path!r}{where}: YAML syntax error: {what}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"config file {path!r} cannot be read: {str(e).splitlines()[0] if str(e) else e!r}") from None
 
 
 def validate(cfg: CurateConfig) -> None:

@@ -212,7 +212,7 @@ class PersonDetectorStage:
         self.detector = build_detector(cfg.detector)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from data_engine.analysis import ANALYSIS_SCHEMA, apply_persons
+        from data_engine.analysis import RAY_SCHEMA, apply_persons
 
         rows = batch.to_pylist()
         todo = [i for i, row in enumerate(rows) if row.get("pixels") is not None and row.get("reason") is None]
@@ -230,4 +230,4 @@ class PersonDetectorStage:
         for row in rows:
             for name in ("pixels", "pixels_h", "pixels_w"):
                 row.pop(name, None)
-        return pa.Table.from_pylist(rows, schema=ANALYSIS_SCHEMA)
+        return pa.Table.from_pylist(rows, schema=RAY_SCHEMA)

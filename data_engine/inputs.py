@@ -2,7 +2,8 @@
 and nothing is held beyond the current folder or list batch).
 
 - a folder: every file below it (recursive, symbolic links to folders not followed, so a link loop cannot
-  recurse) whose extension is in `decode.extensions`;
+  recurse) whose extension is in `decode.extensions`; the others are counted (`ListingStats`, then
+  `skipped_by_extension` in stats.json), so every file under a folder is accounted for;
 - a glob pattern (`photos/**/*.jpg`, `s3://bucket/raw/*.png`): every file it matches, whatever its extension;
 - a list file (`.txt`: one URI per line, `#` comments; `.csv` / `.parquet`: the `uri_column` column): every
   URI it names, even missing ones (they become manifest rows with reason `missing`). Relative paths in a
@@ -22,6 +23,7 @@ import glob
 import io
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 LIST_SUFFIXES = (".txt", ".csv", ".parquet")
 _GLOB_CHARS = "*?["
@@ -29,6 +31,13 @@ _GLOB_CHARS = "*?["
 
 class InputError(ValueError):
     """An INPUT argument that names nothing, or a list file without the URI column (message names it)."""
+
+
+@dataclass
+class ListingStats:
+    """What expanding the INPUTs left out on purpose (filled in while `iter_uris` is consumed)."""
+
+    skipped_by_extension: int = 0  # files under an input folder whose extension is not in decode.extensions
 
 
 def is_uri(path: str) -> bool:
@@ -51,30 +60,33 @@ def check_inputs(inputs: list[str]) -> None:
             raise InputError(f"input {item!r}: no such file or folder")
 
 
-def iter_uris(inputs: list[str], extensions: list[str], uri_column: str = "uri") -> Iterator[str]:
-    """Every image URI named by `inputs`, each once, in a stable order."""
+def iter_uris(
+    inputs: list[str], extensions: list[str], uri_column: str = "uri", listing: ListingStats | None = None
+) -> Iterator[str]:
+    """Every image URI named by `inputs`, each once, in a stable order; `listing` counts what folders skip."""
     seen: set[str] = set()
     exts = tuple(e.lower() for e in extensions)
+    listing = listing if listing is not None else ListingStats()
     for item in inputs:
-        for uri in _expand_one(item, exts, uri_column):
+        for uri in _expand_one(item, exts, uri_column, listing):
             if uri not in seen:
                 seen.add(uri)
                 yield uri
 
 
-def _expand_one(item: str, exts: tuple[str, ...], uri_column: str) -> Iterator[str]:
+def _expand_one(item: str, exts: tuple[str, ...], uri_column: str, listing: ListingStats) -> Iterator[str]:
     if is_uri(item):
-        yield from _expand_remote(item, exts, uri_column)
+        yield from _expand_remote(item, exts, uri_column, listing)
         return
     if _has_glob(item):
         for match in sorted(glob.iglob(item, recursive=True)):
             if os.path.isdir(match) and not os.path.islink(match):
-                yield from _walk(match, exts)
+                yield from _walk(match, exts, listing)
             else:
                 yield os.path.abspath(match)
         return
     if os.path.isdir(item):
-        yield from _walk(item, exts)
+        yield from _walk(item, exts, listing)
     elif item.lower().endswith(LIST_SUFFIXES) and os.path.isfile(item):
         base = os.path.dirname(os.path.abspath(item))
         with open(item, "rb") as f:
@@ -84,12 +96,14 @@ def _expand_one(item: str, exts: tuple[str, ...], uri_column: str) -> Iterator[s
         yield os.path.abspath(item)
 
 
-def _walk(folder: str, exts: tuple[str, ...]) -> Iterator[str]:
+def _walk(folder: str, exts: tuple[str, ...], listing: ListingStats) -> Iterator[str]:
     for root, dirs, files in os.walk(os.path.abspath(folder), followlinks=False):
         dirs.sort()
         for name in sorted(files):
             if name.lower().endswith(exts):
                 yield os.path.join(root, name)
+            else:
+                listing.skipped_by_extension += 1
 
 
 def _read_list(stream, name: str, uri_column: str) -> Iterator[str]:
@@ -122,7 +136,7 @@ def _read_list(stream, name: str, uri_column: str) -> Iterator[str]:
                     yield str(entry).strip()
 
 
-def _expand_remote(item: str, exts: tuple[str, ...], uri_column: str) -> Iterator[str]:
+def _expand_remote(item: str, exts: tuple[str, ...], uri_column: str, listing: ListingStats) -> Iterator[str]:
     from pyarrow import fs
 
     # For a glob, open the folder before its first wildcard and list it recursively.
@@ -155,8 +169,12 @@ def _expand_remote(item: str, exts: tuple[str, ...], uri_column: str) -> Iterato
     if info.type == fs.FileType.Directory:
         selector = fs.FileSelector(inner, recursive=True)
         for entry in sorted(filesystem.get_file_info(selector), key=lambda i: i.path):
-            if entry.type == fs.FileType.File and entry.base_name.lower().endswith(exts):
+            if entry.type != fs.FileType.File:
+                continue
+            if entry.base_name.lower().endswith(exts):
                 yield to_uri(entry.path)
+            else:
+                listing.skipped_by_extension += 1
     elif item.lower().endswith(LIST_SUFFIXES):
         base = item.rsplit("/", 1)[0]
         with filesystem.open_input_file(inner) as stream:

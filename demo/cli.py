@@ -30,7 +30,6 @@ def _demo(args: argparse.Namespace) -> int:
     for key, value in (
         ("PYOPENGL_PLATFORM", "egl"),
         ("RAY_USAGE_STATS_ENABLED", "0"),
-        ("RAY_AUTH_MODE", "disabled"),
         ("DS_ACCELERATOR", "cpu"),
     ):
         os.environ.setdefault(key, value)

@@ -347,13 +347,11 @@ def _run_on_ray(config: SynthConfig, tasks: list[SubjectTask], record) -> None:
     import ray
     from ray.util import ActorPool
 
+    from data_engine.ray_runtime import init_ray
+
     started_here = not ray.is_initialized()
     if started_here:
-        init = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
-        if config.ray_address:
-            ray.init(address=config.ray_address, **init)
-        else:
-            ray.init(object_store_memory=256 * 1024 * 1024, **init)
+        init_ray(config.ray_address, object_store_memory=256 * 1024 * 1024)
     try:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         count = max(1, min(config.workers or cpus, len(tasks)))

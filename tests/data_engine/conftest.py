@@ -133,12 +133,11 @@ def ray_local():
     """One local Ray for the whole session (starting one costs ~3 s and 0.8 GB)."""
     import ray
 
+    from data_engine.ray_runtime import init_ray
+
     if not ray.is_initialized():
-        ray.init(
+        init_ray(
             num_cpus=2,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level="ERROR",
             object_store_memory=256 * 1024 * 1024,
             _temp_dir=os.path.join(tempfile.gettempdir(), f"hv-ray-test-{os.getuid()}"),
         )

@@ -54,6 +54,10 @@ def test_every_input_gets_exactly_one_row_and_its_reason(curated, corpus, helper
     saved = json.loads((out / "stats.json").read_text())
     assert saved["status"] == counts and saved["reason"]["unreadable"] == 3 and saved["reason"]["too_many_pixels"] == 2
     assert (out / "config.yaml").read_text().count("max_hamming") == 1
+    # notes.md: the one file under the input folder that is not an image by its extension
+    assert saved["skipped_by_extension"] == 1
+    on_disk = sum(len(files) for _, _, files in os.walk(images))
+    assert saved["inputs"] + saved["skipped_by_extension"] == on_disk + 1  # + the listed but missing file
 
 
 def test_duplicates_point_at_the_kept_sample(curated, corpus):
@@ -211,7 +215,7 @@ def test_write_members_copies_in_threads_reencodes_in_ray_and_records_changed_fi
     from skimage import data
 
     from data_engine.analysis import ANALYSIS_SCHEMA, analyse_uri
-    from data_engine.curate import shard_members
+    from data_engine.curate_ray import shard_members
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -240,3 +244,25 @@ def test_write_members_copies_in_threads_reencodes_in_ray_and_records_changed_fi
     copies_only = records.filter(pa.compute.is_null(records.column("reencode")))
     calls.clear()
     assert len(members(copies_only, calls)) == 2 and not calls, "no Ray start when nothing needs re-encoding"
+
+
+def test_with_a_detector_decoding_runs_in_cpu_tasks_and_only_detection_in_actors(
+    ray_local, bright_box_onnx, helpers, tmp_path
+):
+    """Ray Data would fuse the decode stage into the detector's actor pool (decoding in `concurrency` processes):
+    the plan that runs keeps them apart, a task operator for decode and quality and an actor one for detection."""
+    from data_engine.curate_ray import analysis_dataset
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(helpers.bright_box_image(400, 320, (40, 30, 260, 370), seed=i)).save(folder / f"{i}.png")
+    settings = [f"detector.weights={bright_box_onnx}", "images_per_task=1", "detector.min_height=100"]
+    cfg = _cfg([folder], tmp_path / "out", *settings, detector="onnx")
+    assert cfg.detector.concurrency == 1 and ray_local.cluster_resources()["CPU"] == 2
+    ds = analysis_dataset(sorted(str(p) for p in folder.iterdir()), cfg).materialize()
+    plan = ds.stats()
+    assert "MapBatches(analyse_batch)->MapBatches(PersonDetectorStage)" not in plan, plan
+    assert "MapBatches(analyse_batch)" in plan and "MapBatches(PersonDetectorStage)" in plan, plan
+    rows = ds.take_all()
+    assert len(rows) == 4 and {r["num_persons"] for r in rows} == {1}  # the detector still saw every image

@@ -14,8 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_engine.cli import inspect_shards
-from data_engine.curate import KILL_ENV, run_curate
+from data_engine.curate import run_curate
 from data_engine.curate_config import load_config
+from data_engine.curate_state import KILL_ENV
 from data_engine.shards import iter_members
 
 # Small checkpoints, shards and tasks so that a kill lands between many of them.
@@ -72,6 +73,8 @@ def test_kill_at_each_phase_then_rerun_completes(corpus, tmp_path, reference, po
     again = subprocess.run(_command(corpus, out), capture_output=True, timeout=300, text=True)
     assert again.returncode == 0, again.stderr[-2000:]
     _check_complete(out, reference)
+    if not point.startswith("analysis"):  # the re-run analyses nothing new but writes: it must say so
+        assert "report only" not in again.stdout and "resumed: wrote" in again.stdout, again.stdout
     if point.startswith("shard_renamed"):
         # the shard renamed just before the kill was recorded from its tar, not written again
         assert (out / "state" / "written" / "curated-000001.parquet").exists()

@@ -1,0 +1,81 @@
+"""The end of a `hv curate` run: manifest.parquet joined from the state files, and the summary it prints."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from data_engine import manifest as manifest_lib
+from data_engine.analysis import ANALYSIS_SCHEMA
+from data_engine.curate_state import DECISION_SCHEMA, WRITTEN_SCHEMA, State
+from data_engine.decode import reason_code
+from data_engine.manifest import MANIFEST_SCHEMA
+
+
+def build_manifest(state: State, out_path: str) -> dict[str, Any]:
+    """Join analysis, decisions and shards into manifest.parquet (streamed, atomic); returns the counts."""
+    decisions: dict[str, tuple[str, str | None, str | None]] = {}
+    for t in state.read(state.decisions, DECISION_SCHEMA):
+        for r in t.to_pylist():
+            decisions[r["uri"]] = (r["status"], r["reason"], r["duplicate_of"])
+    written: dict[str, tuple[str | None, str | None]] = {}
+    for t in state.read(state.written, WRITTEN_SCHEMA):
+        for r in t.to_pylist():
+            written[r["uri"]] = (r["shard"], r["error"])
+    by_status: Counter[str] = Counter()
+    by_reason: Counter[str] = Counter()
+    undecided = 0
+    seen: set[str] = set()
+    tmp = os.path.join(os.path.dirname(out_path), f".{os.path.basename(out_path)}.tmp-{os.getpid()}")
+    try:
+        with pq.ParquetWriter(tmp, MANIFEST_SCHEMA) as writer:
+            for table in state.read(state.analysis, ANALYSIS_SCHEMA):
+                rows = []
+                for r in table.to_pylist():
+                    if r["uri"] in seen:
+                        continue
+                    seen.add(r["uri"])
+                    decision = decisions.get(r["uri"])
+                    shard, error = written.get(r["uri"], (None, None))
+                    if decision is None or (decision[0] == "accepted" and shard is None and error is None):
+                        undecided += 1
+                        continue
+                    status, reason, duplicate_of = decision
+                    if error is not None:
+                        status, reason = "rejected", error
+                    row = {c: r.get(c) for c in manifest_lib.COLUMNS if c in r}
+                    row.update(status=status, reason=reason, duplicate_of=duplicate_of, shard=shard)
+                    rows.append(row)
+                    by_status[status] += 1
+                    if reason is not None:
+                        by_reason[reason_code(reason)] += 1
+                if rows:
+                    writer.write_table(manifest_lib.to_table(rows))
+        os.replace(tmp, out_path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return {"status": dict(by_status), "reason": dict(sorted(by_reason.items())), "unfinished": undecided}
+
+
+def summary_text(stats: dict[str, Any], out: str) -> str:
+    s, run = stats["status"], stats["this_run"]
+    if run["new_inputs"]:
+        what = f" ({run['images_per_s']:.1f} images/s)"
+    elif run["written"]:
+        what = " (resumed: wrote the samples an earlier run had analysed but not yet written)"
+    else:
+        what = " (nothing new: report only)"
+    lines = [
+        f"curated {stats['inputs']} inputs into {out}: {s['accepted']} accepted, {s['rejected']} rejected, "
+        f"{s['duplicate']} duplicate; {stats['shards']} shards"
+        + (f"; {stats['skipped_by_extension']} files skipped by extension" if stats["skipped_by_extension"] else ""),
+        f"this run: {run['new_inputs']} new inputs, {run['written']} samples written, {run['seconds']:.1f} s" + what,
+    ]
+    if stats["reason"]:
+        top = sorted(stats["reason"].items(), key=lambda kv: -kv[1])
+        lines.append("reasons: " + ", ".join(f"{k} {v}" for k, v in top))
+    return "\n".join(lines)
