@@ -55,6 +55,10 @@ from data_engine.inputs import check_inputs, iter_uris
 from data_engine.manifest import MANIFEST_SCHEMA, write_table_atomic
 
 SHARD_PREFIX = "curated"
+# Every curated image is stored under one member name, whatever its bytes (JPEG or PNG, kept as received):
+# column-typed readers (Hugging Face `datasets`, Ray Data's default decoder) refuse shards that mix `jpg` and
+# `png` samples, and every image reader (PIL, webdataset, Hugging Face, Ray) detects the format from the bytes.
+IMAGE_MEMBER = "jpg"
 DECISION_SCHEMA = pa.schema(
     [
         pa.field("uri", pa.string(), nullable=False),
@@ -414,7 +418,7 @@ def write_phase(cfg: CurateConfig, state: State, ensure_ray: Callable[[], None],
                         continue
                     unshelved[row["key"]] = {"uri": row["uri"], "key": row["key"], "error": None}
                     writer.write(
-                        {"__key__": row["key"].encode(), row["image_format"]: row["image"], "json": row["json"]}
+                        {"__key__": row["key"].encode(), IMAGE_MEMBER: row["image"], "json": row["json"]}
                     )
                     written += 1
                     progress.update(1, written=1)
