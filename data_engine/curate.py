@@ -417,9 +417,7 @@ def write_phase(cfg: CurateConfig, state: State, ensure_ray: Callable[[], None],
                         errors.append({"uri": row["uri"], "key": row["key"], "shard": None, "error": row["error"]})
                         continue
                     unshelved[row["key"]] = {"uri": row["uri"], "key": row["key"], "error": None}
-                    writer.write(
-                        {"__key__": row["key"].encode(), IMAGE_MEMBER: row["image"], "json": row["json"]}
-                    )
+                    writer.write({"__key__": row["key"].encode(), IMAGE_MEMBER: row["image"], "json": row["json"]})
                     written += 1
                     progress.update(1, written=1)
         if errors:  # failures after the last shard closed: no shard part carries them, so they get their own
