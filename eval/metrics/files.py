@@ -117,7 +117,5 @@ def iter_pairs(
         else:
             pred = read_map(pred_path, decoder)
         if gt.shape != pred.shape:
-            raise MetricInputError(
-                f"{pred_path}: prediction has shape {pred.shape}, ground truth {gt.shape}"
-            )
+            raise MetricInputError(f"{pred_path}: prediction has shape {pred.shape}, ground truth {gt.shape}")
         yield name, gt, pred
