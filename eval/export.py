@@ -7,9 +7,10 @@ The exported graph takes `images`: (B, 3, H, W) float32, RGB, ImageNet mean/std 
 model trained on; `train.transforms.normalize_image`), with a dynamic batch axis, and returns one output per
 task in the order of `tasks`: `pose` (B, K, H/4, W/4) heatmaps, `seg` (B, C, H/2, W/2) logits, `depth`
 (B, 1, H, W) relative depth, `normal` (B, 3, H/2, W/2) unnormalised vectors. `FILE.json` beside it records
-that contract (tasks, output names and shapes, input size, mean/std, keypoint set, class vocabulary) and the
-measured difference to the eager model, which must stay within `tolerance` (1e-4 by default) or the command
-fails and removes the file.
+that contract (tasks, output names, shapes and strides, input size, mean/std, keypoint set, class vocabulary)
+and the measured difference to the eager model, which must stay within `tolerance` (1e-4 by default) or the command
+fails and removes the file. An ONNX file also holds that contract in its own `metadata_props` and declares each
+output's dims (see eval.onnx_metadata), so onnxruntime alone is enough to use it.
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ def export_model(
     images against eager: every output within `tolerance` (max abs diff), else ExportError and no file."""
     import torch
 
+    from eval.onnx_metadata import annotate, output_entries
+
     wrapper = _wrapper(model)
     h, w = input_size
     example = torch.zeros(1, 3, h, w)
@@ -131,21 +134,23 @@ def export_model(
                 f"{fmt.value} export differs from eager by {diffs[worst]:.3g} on {worst} (tolerance {tolerance:g}); "
                 "nothing written"
             )
+        shapes = {n: list(e.shape[1:]) for n, e in zip(names, expected, strict=True)}
+        info = {
+            "format": fmt.value,
+            "input": {"name": "images", "shape": ["batch", 3, h, w], "dtype": "float32", "layout": "RGB, NCHW"},
+            "normalize": _normalisation(),
+            "outputs": output_entries(names, shapes, (h, w)),
+            "tasks": wrapper.tasks,
+            "max_abs_diff_vs_eager": diffs,
+            "tolerance": tolerance,
+            **(metadata or {}),
+        }
+        if fmt == ExportFormat.onnx:  # the file carries its own contract, for readers without the sidecar
+            annotate(tmp, info)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    shapes = {n: list(e.shape[1:]) for n, e in zip(names, expected, strict=True)}
-    info = {
-        "format": fmt.value,
-        "input": {"name": "images", "shape": ["batch", 3, h, w], "dtype": "float32", "layout": "RGB, NCHW"},
-        "normalize": _normalisation(),
-        "outputs": [{"name": n, "shape": ["batch", *shapes[n]]} for n in names],
-        "tasks": wrapper.tasks,
-        "max_abs_diff_vs_eager": diffs,
-        "tolerance": tolerance,
-        **(metadata or {}),
-    }
     meta_path = f"{out}.json"
     with open(f"{meta_path}.tmp", "w", encoding="utf-8") as f:
         json.dump(info, f, indent=2)
