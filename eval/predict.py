@@ -270,16 +270,7 @@ def _write_pose(out_dir, name, keypoint_set, person_boxes, keypoints, source, cf
 
 def _write_outputs(out_dir, item: InputImage, maps, person_boxes, keypoints, runner, cfg: PredictConfig) -> None:
     from data_engine.sample import MAX_DEPTH_M, encode_depth, encode_normal, encode_seg
-    from eval.visualize import (
-        colorize_depth,
-        display_scale,
-        draw_pose,
-        enlarge,
-        normal_to_rgb,
-        panel,
-        png_bytes,
-        seg_with_legend,
-    )
+    from eval.visualize import dense_pictures, display_scale, draw_pose, enlarge, panel, png_bytes
 
     pictures, titles = [item.image], ["image"]
     if keypoints is not None:
@@ -289,15 +280,9 @@ def _write_outputs(out_dir, item: InputImage, maps, person_boxes, keypoints, run
         big = enlarge(item.image, f)
         pictures.append(draw_pose(big, points, runner.keypoint_set, cfg.keypoint_threshold, boxes))
         titles.append("pose")
-    if "seg" in maps:
-        pictures.append(seg_with_legend(item.image, maps["seg"], runner.vocabulary))
-        titles.append("segmentation")
-    if "depth" in maps:
-        pictures.append(colorize_depth(maps["depth"]))
-        titles.append("depth (near = bright)")
-    if "normal" in maps:
-        pictures.append(normal_to_rgb(maps["normal"]))
-        titles.append("normals")
+    dense, dense_titles = dense_pictures(item.image, maps, runner.vocabulary)
+    pictures += dense
+    titles += dense_titles
     _write_bytes(os.path.join(out_dir, "pictures", f"{item.name}.png"), png_bytes(panel(pictures, titles)))
     if not cfg.write_maps:
         return
