@@ -47,3 +47,9 @@ def test_verbosity_sets_the_root_log_level(argv, level, capsys):
         assert logging.getLogger().level == level
     finally:
         humanvision_cli.configure_logging(0, 0)
+
+
+def test_synth_preview_has_its_own_help(capsys):
+    assert _run(["synth", "preview", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: hv synth preview") and "contact sheet" in out and "--bodies" not in out
