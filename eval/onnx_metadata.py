@@ -28,6 +28,7 @@ MEANING = {
     "seg": "class logits (softmax over channels)",
     "depth": "relative depth, larger is farther",
     "normal": "camera-space normal vectors (OpenCV axes), not yet unit length",
+    "pose_keypoints": "[x, y, score] per keypoint in input pixels: heatmap argmax at its pixel centre",
 }
 
 
@@ -37,7 +38,7 @@ def output_entries(names: list[str], shapes: dict[str, list[int]], input_size: t
     entries = []
     for name in names:
         shape = shapes[name]
-        stride = h // shape[1] if len(shape) == 3 else 1
+        stride = h // shape[1] if len(shape) == 3 else 1  # pose_keypoints (K, 3) are in input pixels: 1
         entries.append({"name": name, "shape": ["batch", *shape], "stride": stride, "meaning": MEANING.get(name, "")})
     return entries
 

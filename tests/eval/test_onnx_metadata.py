@@ -81,3 +81,25 @@ def test_onnxruntime_alone_reproduces_predictor_from_the_metadata(exported):
     normal = _sample_at_pixel_centres(normal, outputs["normal"]["stride"])
     normal = (normal / np.linalg.norm(normal, axis=0, keepdims=True)).transpose(1, 2, 0)
     np.testing.assert_allclose(normal, want.normal, atol=1e-4)
+
+
+def test_with_decode_adds_keypoints_in_input_pixels(exported, tmp_path):
+    import onnxruntime as ort
+
+    ckpt, _ = exported
+    out = tmp_path / "decoded.onnx"
+    with pytest.raises(SystemExit) as done:
+        main(["export", "--checkpoint", ckpt, "--format", "onnx", "--out", str(out), "--with-decode"])
+    assert done.value.code in (0, None)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    meta = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
+    assert [o["name"] for o in meta["humanvision.outputs"]][-1] == "pose_keypoints"
+    assert session.get_outputs()[-1].shape == ["batch", 17, 3]
+    images = np.random.default_rng(3).standard_normal((2, 3, 32, 48)).astype(np.float32)
+    names = [o.name for o in session.get_outputs()]
+    got = dict(zip(names, session.run(None, {"images": images}), strict=True))
+    heatmaps = got["pose"]  # (2, 17, 8, 12): stride 4
+    flat = heatmaps.reshape(2, 17, -1)
+    index = flat.argmax(-1)
+    want = np.stack([(index % 12 + 0.5) * 4, (index // 12 + 0.5) * 4, flat.max(-1)], -1)
+    np.testing.assert_allclose(got["pose_keypoints"], want, atol=1e-5)
