@@ -30,7 +30,7 @@ from PIL import Image
 
 from data_engine import schema
 from data_engine.manifest import status_counts, to_table, write_table_atomic
-from data_engine.sample import PersonPose, Pose, Sample, key_from_bytes
+from data_engine.sample import PersonPose, Pose, Sample, SampleError, key_from_bytes
 from data_engine.shards import ShardWriter
 
 SHARD_PREFIX = "coco"
@@ -75,6 +75,7 @@ class CocoError(ValueError):
 class ImportReport:
     rows: list[dict[str, Any]] = field(default_factory=list)
     unmapped: set[str] = field(default_factory=set)  # keypoint names with no Goliath counterpart
+    written: dict[str, str] = field(default_factory=dict)  # key -> the image path it came from
     shards: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
@@ -113,14 +114,16 @@ def _mask(anns: list[dict[str, Any]], height: int, width: int) -> np.ndarray | N
         seg = ann.get("segmentation")
         if not seg:
             continue
-        if isinstance(seg, list):
-            rles = mask_utils.frPyObjects(seg, height, width)
-            rle = mask_utils.merge(rles)
-        elif isinstance(seg.get("counts"), list):
-            rle = mask_utils.frPyObjects(seg, height, width)
-        else:
-            rle = seg
-        union |= mask_utils.decode(rle).astype(bool)
+        try:
+            if isinstance(seg, list):
+                rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+            elif isinstance(seg.get("counts"), list):
+                rle = mask_utils.frPyObjects(seg, height, width)
+            else:
+                rle = seg
+            union |= mask_utils.decode(rle).astype(bool)
+        except Exception as e:  # pycocotools raises a bare Exception for input it does not take
+            raise CocoError(f"annotation {ann.get('id')}: segmentation is neither polygons nor RLE ({e})") from None
         found = True
     return union if found else None
 
@@ -206,8 +209,12 @@ def _import_image(
         return {**row, "reason": "no person annotation"}
     try:
         pose = Pose("all", [_pose_person(a, body_names, report.unmapped) for a in persons])
+        mask = _mask(persons, height, width)
     except CocoError as e:
         return {**row, "reason": str(e)}
+    except (ValueError, TypeError, KeyError) as e:  # non-numeric points, broken polygons or RLE
+        ids = [a.get("id") for a in persons]
+        return {**row, "reason": f"annotations {ids}: unusable ({type(e).__name__}: {e})"}
     sample = Sample(
         key=row["key"],
         image=rgb,
@@ -216,13 +223,20 @@ def _import_image(
             "persons": [{"bbox": list(p.bbox), "score": 1.0, "detector": "coco"} for p in pose.persons],
         },
         pose=pose,
-        mask=_mask(persons, height, width),
+        mask=mask,
         image_bytes=data if image_format in ("JPEG", "PNG") else None,
         image_format="jpg",  # data_engine.curate.IMAGE_MEMBER: one image member name for every sample
     )
     if sample.image_bytes is None:  # another format: stored as PNG, under the same member name
         sample.image_bytes = _png(rgb)
-    shard = writer.write(sample)
+    if row["key"] in report.written:  # the same bytes under two entries: one sample, the other says so
+        first = report.written[row["key"]]
+        return {**row, "status": "duplicate", "reason": f"same bytes as {first}", "duplicate_of": row["key"]}
+    try:
+        shard = writer.write(sample)
+    except SampleError as e:  # non-finite points, a box of NaN, ...: the contract's own check
+        return {**row, "reason": str(e)}
+    report.written[row["key"]] = path
     return {**row, "status": "accepted", "shard": shard, "num_persons": len(persons), "detector": "coco"}
 
 

@@ -183,3 +183,35 @@ def test_finger_names_map_from_the_palm_out():
     assert coco.goliath_index("right_forefinger4") == index["right_forefinger4"]
     assert coco.goliath_index("left_big_toe") == index["left_big_toe"]
     assert coco.goliath_index("face-12") is None
+
+
+def test_broken_annotations_and_duplicate_images_are_recorded_per_image(wholebody, tmp_path):
+    path, images, data = wholebody
+    (images / "a_again.jpg").write_bytes((images / "a.jpg").read_bytes())
+    data["images"].append({"id": 8, "file_name": "a_again.jpg", "width": W, "height": H})
+    data["annotations"].append(_person(np.random.default_rng(9), 8, 8, with_mask=False))
+    data["annotations"][2]["keypoints"][0] = float("nan")  # image 2
+    data["annotations"][3]["keypoints"][1] = "twelve"  # image 3
+    data["annotations"][0]["segmentation"] = [["x", 1, 2]]  # image 1
+    path.write_text(json.dumps(data))
+    report = coco.import_coco(str(path), str(images), str(tmp_path / "out"), log=lambda s: None)
+    rows = {r["uri"].rsplit("/", 1)[-1]: r for r in report.rows}
+    assert rows["b.png"]["status"] == "rejected" and "non-finite keypoints" in rows["b.png"]["reason"]
+    assert rows["c.jpg"]["status"] == "rejected" and "annotations [4]: unusable (ValueError" in rows["c.jpg"]["reason"]
+    assert rows["a.jpg"]["status"] == "rejected"
+    assert rows["a.jpg"]["reason"].startswith("annotation 1: segmentation is neither polygons nor RLE")
+    # a.jpg's bytes, but a.jpg itself was rejected: this copy, with its own good annotation, is the sample.
+    assert rows["a_again.jpg"]["status"] == "accepted"
+    assert len(rows) == len(data["images"]) and report.counts()["accepted"] == 1
+
+
+def test_the_same_image_twice_is_one_sample_and_a_duplicate_row(wholebody, tmp_path):
+    path, images, data = wholebody
+    (images / "a_again.jpg").write_bytes((images / "a.jpg").read_bytes())
+    data["images"].append({"id": 8, "file_name": "a_again.jpg", "width": W, "height": H})
+    data["annotations"].append(_person(np.random.default_rng(9), 8, 8, with_mask=False))
+    path.write_text(json.dumps(data))
+    report = coco.import_coco(str(path), str(images), str(tmp_path / "out"), log=lambda s: None)
+    rows = {r["uri"].rsplit("/", 1)[-1]: r for r in report.rows}
+    assert rows["a_again.jpg"]["status"] == "duplicate" and rows["a_again.jpg"]["reason"].endswith("a.jpg")
+    assert len(list(iter_samples(str(tmp_path / "out" / "shards")))) == 3
