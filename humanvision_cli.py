@@ -26,6 +26,17 @@ def version() -> str:
         return "unknown (not installed)"
 
 
+class _PrintVersion(argparse.Action):
+    """`--version`, looked up only when asked (importlib.metadata costs ~0.3 s at every `hv` start otherwise)."""
+
+    def __init__(self, option_strings, dest, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"hv (humanvision) {version()}")
+        parser.exit()
+
+
 def _add_verbosity(parser: argparse.ArgumentParser, top: bool) -> None:
     """-v / -q, counted, on `hv` and on every subcommand (`hv -v curate` and `hv curate -v` mean the same).
 
@@ -53,7 +64,7 @@ def _subparsers(parser: argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hv", description="humanvision: a factory for human-centric vision models")
-    parser.add_argument("--version", action="version", version=f"hv (humanvision) {version()}")
+    parser.add_argument("--version", action=_PrintVersion, help="print the version and exit")
     _add_verbosity(parser, top=True)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in CLI_MODULES:
