@@ -26,6 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
     inspect.set_defaults(func=_inspect)
 
+    from data_engine import coco_cli
+
+    coco_cli.register(subparsers)
+
     if importlib.util.find_spec("data_engine.curate_cli") is not None:
         from data_engine import curate_cli
 

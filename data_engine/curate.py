@@ -64,6 +64,11 @@ from data_engine.dedup import Candidate, decide
 from data_engine.inputs import ListingStats, check_inputs, iter_uris
 from data_engine.manifest import write_table_atomic
 
+# Every curated image is stored under one member name, whatever its bytes (JPEG or PNG, kept as received):
+# column-typed readers (Hugging Face `datasets`, Ray Data's default decoder) refuse shards that mix `jpg` and
+# `png` samples, and every image reader (PIL, webdataset, Hugging Face, Ray) detects the format from the bytes.
+IMAGE_MEMBER = "jpg"
+
 
 class CurateError(RuntimeError):
     """A job that cannot run as configured (the message says what to change)."""
@@ -224,9 +229,7 @@ def write_phase(cfg: CurateConfig, state: State, ensure_ray: Callable[[], None],
                         errors.append({"uri": row["uri"], "key": row["key"], "shard": None, "error": row["error"]})
                         continue
                     unshelved[row["key"]] = {"uri": row["uri"], "key": row["key"], "error": None}
-                    writer.write(
-                        {"__key__": row["key"].encode(), row["image_format"]: row["image"], "json": row["json"]}
-                    )
+                    writer.write({"__key__": row["key"].encode(), IMAGE_MEMBER: row["image"], "json": row["json"]})
                     written += 1
                     progress.update(1, written=1)
         if errors:  # failures after the last shard closed: no shard part carries them, so they get their own

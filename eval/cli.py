@@ -81,6 +81,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--out", required=True, help="the file to write (FILE.json beside it describes it)")
     export.add_argument("--size", default=None, metavar="HxW", help="input size (default: the training size)")
     export.add_argument("--tolerance", type=float, default=1e-4, help="max abs difference to eager allowed")
+    export.add_argument(
+        "--with-decode", action="store_true", help="add a pose_keypoints output: heatmap argmax in input pixels"
+    )
     export.set_defaults(func=_export)
 
 
@@ -235,7 +238,9 @@ def _export(args: argparse.Namespace) -> int:
 
     try:
         size = parse_size(args.size) if args.size else None
-        result = export_checkpoint(args.checkpoint, args.out, ExportFormat(args.format), size, args.tolerance)
+        result = export_checkpoint(
+            args.checkpoint, args.out, ExportFormat(args.format), size, args.tolerance, args.with_decode
+        )
     except (ValueError, CheckpointError, ExportError) as e:
         print(f"hv export: {e}", file=sys.stderr)
         return 2 if not isinstance(e, ExportError) else 1

@@ -7,9 +7,10 @@ The exported graph takes `images`: (B, 3, H, W) float32, RGB, ImageNet mean/std 
 model trained on; `train.transforms.normalize_image`), with a dynamic batch axis, and returns one output per
 task in the order of `tasks`: `pose` (B, K, H/4, W/4) heatmaps, `seg` (B, C, H/2, W/2) logits, `depth`
 (B, 1, H, W) relative depth, `normal` (B, 3, H/2, W/2) unnormalised vectors. `FILE.json` beside it records
-that contract (tasks, output names and shapes, input size, mean/std, keypoint set, class vocabulary) and the
-measured difference to the eager model, which must stay within `tolerance` (1e-4 by default) or the command
-fails and removes the file.
+that contract (tasks, output names, shapes and strides, input size, mean/std, keypoint set, class vocabulary)
+and the measured difference to the eager model, which must stay within `tolerance` (1e-4 by default) or the command
+fails and removes the file. An ONNX file also holds that contract in its own `metadata_props` and declares each
+output's dims (see eval.onnx_metadata), so onnxruntime alone is enough to use it.
 """
 
 from __future__ import annotations
@@ -55,21 +56,33 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def _wrapper(model: Any):
+def _wrapper(model: Any, with_decode: bool = False):
     import torch
     from torch import nn
 
     class TaskOutputs(nn.Module):
-        """The FinetuneModel with a tuple of outputs in a fixed task order (exporters want no dicts)."""
+        """The FinetuneModel with a tuple of outputs in a fixed task order (exporters want no dicts); with
+        `with_decode` and a pose head, one more output `pose_keypoints` (B, K, 3): [x, y, score] in input
+        pixels, the heatmap argmax at its pixel centre (no sub-pixel refinement: `Predictor` adds DARK)."""
 
         def __init__(self, inner: nn.Module) -> None:
             super().__init__()
             self.inner = inner
             self.tasks = list(inner.tasks)
+            self.decode = with_decode and "pose" in self.tasks
+            self.names = self.tasks + (["pose_keypoints"] if self.decode else [])
 
         def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
             out = self.inner(images)
-            return tuple(out[t] for t in self.tasks)
+            outputs = tuple(out[t] for t in self.tasks)
+            if not self.decode:
+                return outputs
+            heatmaps = out["pose"]  # (B, K, h, w)
+            b, k, h, w = heatmaps.shape
+            score, index = heatmaps.reshape(b, k, h * w).max(-1)
+            x = ((index % w).to(heatmaps.dtype) + 0.5) * (images.shape[3] / w)
+            y = (torch.div(index, w, rounding_mode="floor").to(heatmaps.dtype) + 0.5) * (images.shape[2] / h)
+            return (*outputs, torch.stack([x, y, score], -1))
 
     return TaskOutputs(model).eval()
 
@@ -84,18 +97,21 @@ def export_model(
     check_batch: int = 2,
     seed: int = 0,
     metadata: dict[str, Any] | None = None,
+    with_decode: bool = False,
 ) -> ExportResult:
     """Export `model` (a FinetuneModel in eval mode, on CPU) and check it on a random batch of `check_batch`
     images against eager: every output within `tolerance` (max abs diff), else ExportError and no file."""
     import torch
 
-    wrapper = _wrapper(model)
+    from eval.onnx_metadata import annotate, output_entries
+
+    wrapper = _wrapper(model, with_decode)
     h, w = input_size
     example = torch.zeros(1, 3, h, w)
     check = torch.from_numpy(np.random.default_rng(seed).standard_normal((check_batch, 3, h, w)).astype(np.float32))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     tmp = f"{out}.tmp-{os.getpid()}"
-    names = [f"{t}" for t in wrapper.tasks]
+    names = list(wrapper.names)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             # The tracer warns that shape checks become constants: intended, the graph is made for one H x W.
@@ -131,21 +147,23 @@ def export_model(
                 f"{fmt.value} export differs from eager by {diffs[worst]:.3g} on {worst} (tolerance {tolerance:g}); "
                 "nothing written"
             )
+        shapes = {n: list(e.shape[1:]) for n, e in zip(names, expected, strict=True)}
+        info = {
+            "format": fmt.value,
+            "input": {"name": "images", "shape": ["batch", 3, h, w], "dtype": "float32", "layout": "RGB, NCHW"},
+            "normalize": _normalisation(),
+            "outputs": output_entries(names, shapes, (h, w)),
+            "tasks": wrapper.tasks,
+            "max_abs_diff_vs_eager": diffs,
+            "tolerance": tolerance,
+            **(metadata or {}),
+        }
+        if fmt == ExportFormat.onnx:  # the file carries its own contract, for readers without the sidecar
+            annotate(tmp, info)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    shapes = {n: list(e.shape[1:]) for n, e in zip(names, expected, strict=True)}
-    info = {
-        "format": fmt.value,
-        "input": {"name": "images", "shape": ["batch", 3, h, w], "dtype": "float32", "layout": "RGB, NCHW"},
-        "normalize": _normalisation(),
-        "outputs": [{"name": n, "shape": ["batch", *shapes[n]]} for n in names],
-        "tasks": wrapper.tasks,
-        "max_abs_diff_vs_eager": diffs,
-        "tolerance": tolerance,
-        **(metadata or {}),
-    }
     meta_path = f"{out}.json"
     with open(f"{meta_path}.tmp", "w", encoding="utf-8") as f:
         json.dump(info, f, indent=2)
@@ -169,7 +187,12 @@ def _run_onnx(path: str, images: np.ndarray) -> list[np.ndarray]:
 
 
 def export_checkpoint(
-    checkpoint: str, out: str, fmt: ExportFormat, size: tuple[int, int] | None = None, tolerance: float = 1e-4
+    checkpoint: str,
+    out: str,
+    fmt: ExportFormat,
+    size: tuple[int, int] | None = None,
+    tolerance: float = 1e-4,
+    with_decode: bool = False,
 ) -> ExportResult:
     """Load a fine-tuned checkpoint on CPU and export it (at its training size unless `size` is given)."""
     from eval.checkpoint import load_finetuned
@@ -182,4 +205,12 @@ def export_checkpoint(
         "keypoint_set": cfg.pose.keypoint_set if "pose" in loaded.tasks else None,
         "seg_vocabulary": cfg.seg.vocabulary if "seg" in loaded.tasks else None,
     }
-    return export_model(loaded.model, out, fmt, size or loaded.image_size, tolerance=tolerance, metadata=metadata)
+    return export_model(
+        loaded.model,
+        out,
+        fmt,
+        size or loaded.image_size,
+        tolerance=tolerance,
+        metadata=metadata,
+        with_decode=with_decode,
+    )

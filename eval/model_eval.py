@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from data_engine.coco import gt_annotation, gt_category
 from data_engine.sample import Sample
 from eval.config import BadSamples, EvalConfig, resolve_device
 from eval.metrics import MetricInputError
@@ -145,14 +146,12 @@ class _PoseScorer(_Scorer):
     """Builds the COCO ground truth and results of the set, then scores them with `pose_metrics`."""
 
     def __init__(self, runner, cfg: EvalConfig) -> None:
-        from data_engine import schema
-
         super().__init__(runner, cfg)
         self.keypoint_set = runner.keypoint_set
         self.gt: dict[str, Any] = {
             "images": [],
             "annotations": [],
-            "categories": [{"id": 1, "name": "person", "keypoints": schema.subset_names(self.keypoint_set)}],
+            "categories": [gt_category(self.keypoint_set)],
         }
         self.preds: list[dict[str, Any]] = []
 
@@ -194,23 +193,10 @@ class _PoseScorer(_Scorer):
         gt_all = []
         for person, pred in zip(sample.pose.persons, predicted, strict=True):
             kps = map_keypoints(np.asarray(person.keypoints, np.float64), sample.pose.keypoint_set, self.keypoint_set)
-            kps[kps[:, 2] == 0, :2] = 0  # COCO: unlabelled points are (0, 0, 0)
-            gt_all.append(kps)
-            x0, y0, x1, y1 = (float(v) for v in person.bbox)
-            area, area_source = person_area(sample.mask, (x0, y0, x1, y1))
-            self.gt["annotations"].append(
-                {
-                    "id": len(self.gt["annotations"]) + 1,
-                    "image_id": image_id,
-                    "category_id": 1,
-                    "keypoints": kps.reshape(-1).tolist(),
-                    "num_keypoints": int((kps[:, 2] > 0).sum()),
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "area": area,
-                    "area_source": area_source,  # ours; pycocotools ignores it, pose_metrics reports it
-                    "iscrowd": 0,
-                }
-            )
+            area, area_source = person_area(sample.mask, tuple(float(v) for v in person.bbox))
+            annotation = gt_annotation(len(self.gt["annotations"]) + 1, image_id, person.bbox, kps, area, area_source)
+            gt_all.append(np.asarray(annotation["keypoints"]).reshape(-1, 3))
+            self.gt["annotations"].append(annotation)
             confident = pred[:, 2][pred[:, 2] > self.cfg.keypoint_threshold]
             self.preds.append(
                 {

@@ -7,7 +7,8 @@
 
 Inputs are image files, folders of images, or shards (a .tar file, a folder of them is given as a glob).
 Person boxes for pose come from `--boxes` (JSON: {image file name, stem or shard key: [[x0, y0, x1, y1(,
-score)], ...]}), else a shard's `json.persons` (what the curation detector recorded), else the whole image;
+score)], ...]}, or COCO detection results [{image_id, bbox: [x, y, w, h], score}], matched by the number in the
+file name), else a shard's `json.persons` (what the curation detector recorded), else the whole image;
 or from the curation detector itself (`box_source=detector`). OUT gets, per input NAME:
 
 - `pictures/NAME.png`: the image, the skeletons (coloured by keypoint group), the seg overlay with legend, the
@@ -15,6 +16,8 @@ or from the curation detector itself (`box_source=detector`). OUT gets, per inpu
 - `pose/NAME.json`: `keypoint_set`, `persons: [{bbox, keypoints: K x [x, y, score], score, box_source}]`;
 - `seg/NAME.png`, `depth/NAME.png`, `normal/NAME.png` in the sample-contract encodings (depth: relative values
   written as if metres, so `hv eval depth`, which aligns scale and shift, reads them directly);
+- `coco_results.json` (pose): COCO keypoint results [{image_id, category_id, keypoints, score}] for pycocotools
+  and `hv eval pose --pred`; image_id is the number in the file name, else the input's position (index.json);
 - `index.json`: every input with its name, and every input that failed with the reason (nothing is dropped).
 """
 
@@ -84,8 +87,18 @@ def read_boxes_file(path: str) -> dict[str, list[list[float]]]:
         raise PredictInputError(f"boxes file {path!r}: {e.strerror or e}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise PredictInputError(f"boxes file {path!r} is not valid JSON: {e}") from None
+    if isinstance(obj, list) and all(isinstance(d, dict) for d in obj):  # COCO detection results
+        from eval.coco_results import CocoResultsError, detections_by_image
+
+        try:
+            return detections_by_image(path, obj)
+        except CocoResultsError as e:
+            raise PredictInputError(str(e)) from None
     if not isinstance(obj, dict):
-        raise PredictInputError(f"boxes file {path!r} must be an object {{image name: [[x0, y0, x1, y1], ...]}}")
+        raise PredictInputError(
+            f"boxes file {path!r} must be an object {{image name: [[x0, y0, x1, y1], ...]}} "
+            "or COCO detection results [{image_id, bbox, score}, ...]"
+        )
     for name, boxes in obj.items():
         if not isinstance(boxes, list) or not all(
             isinstance(b, list) and len(b) in (4, 5) and all(isinstance(v, (int, float)) for v in b) for b in boxes
@@ -159,7 +172,9 @@ class _Boxes:
         if self.detector is not None:
             found = [list(b) for b in self.detector.detect([item.image])[0] if b[4] >= self.record_threshold]
             return (found, "detector") if found else (whole, "image (detector found nobody)")
-        for name in (os.path.basename(item.source), item.name, item.key):
+        # COCO detection results are keyed by image id: the number in the file name.
+        coco_id = str(int(item.name)) if item.name.isdigit() else None
+        for name in (os.path.basename(item.source), item.name, item.key, coco_id):
             if name and name in self.table:
                 return [[float(v) for v in b] + ([1.0] if len(b) == 4 else []) for b in self.table[name]], "file"
         if item.persons:
@@ -174,6 +189,8 @@ def predict(
     from tqdm import tqdm
 
     from eval.checkpoint import load_finetuned
+    from eval.coco_results import image_id as coco_image_id
+    from eval.coco_results import keypoint_result
     from eval.inference import DENSE_TASKS, ModelRunner, describe
 
     images, shards = collect_inputs(inputs)
@@ -187,6 +204,7 @@ def predict(
     dense_tasks = [t for t in tasks if t in DENSE_TASKS]
     os.makedirs(out_dir, exist_ok=True)
     index: dict[str, Any] = {"model": describe(runner), "tasks": tasks, "predicted": [], "failed": []}
+    coco_results: list[dict[str, Any]] = []
     batch: list[InputImage] = []
 
     def run_batch() -> None:
@@ -196,8 +214,13 @@ def predict(
             if "pose" in tasks:
                 person_boxes, source = boxes(item)
                 keypoints = runner.pose(item.image, [b[:4] for b in person_boxes])
-                _write_pose(out_dir, item.name, runner.keypoint_set, person_boxes, keypoints, source, cfg)
+                persons = _write_pose(out_dir, item.name, runner.keypoint_set, person_boxes, keypoints, source, cfg)
                 entry.update(persons=len(person_boxes), box_source=source)
+                entry["coco_image_id"] = coco_image_id(item.name, len(index["predicted"]) + 1)
+                coco_results.extend(
+                    keypoint_result(entry["coco_image_id"], k, p["score"])
+                    for k, p in zip(keypoints, persons, strict=True)
+                )
             else:
                 person_boxes, keypoints = [], None
             _write_outputs(out_dir, item, maps, person_boxes, keypoints, runner, cfg)
@@ -217,6 +240,8 @@ def predict(
         progress.update(len(batch))
         run_batch()
     progress.close()
+    if "pose" in tasks:
+        _write_bytes(os.path.join(out_dir, "coco_results.json"), json.dumps(coco_results).encode())
     tmp = os.path.join(out_dir, "index.json.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(index, f, indent=1)
@@ -224,7 +249,7 @@ def predict(
     return index
 
 
-def _write_pose(out_dir, name, keypoint_set, person_boxes, keypoints, source, cfg: PredictConfig) -> None:
+def _write_pose(out_dir, name, keypoint_set, person_boxes, keypoints, source, cfg: PredictConfig) -> list[dict]:
     persons = []
     for box, kps in zip(person_boxes, keypoints, strict=True):
         confident = kps[:, 2][kps[:, 2] > cfg.keypoint_threshold]
@@ -240,20 +265,12 @@ def _write_pose(out_dir, name, keypoint_set, person_boxes, keypoints, source, cf
         os.path.join(out_dir, "pose", f"{name}.json"),
         json.dumps({"keypoint_set": keypoint_set, "box_source": source, "persons": persons}).encode(),
     )
+    return persons
 
 
 def _write_outputs(out_dir, item: InputImage, maps, person_boxes, keypoints, runner, cfg: PredictConfig) -> None:
     from data_engine.sample import MAX_DEPTH_M, encode_depth, encode_normal, encode_seg
-    from eval.visualize import (
-        colorize_depth,
-        display_scale,
-        draw_pose,
-        enlarge,
-        normal_to_rgb,
-        panel,
-        png_bytes,
-        seg_with_legend,
-    )
+    from eval.visualize import dense_pictures, display_scale, draw_pose, enlarge, panel, png_bytes
 
     pictures, titles = [item.image], ["image"]
     if keypoints is not None:
@@ -263,15 +280,9 @@ def _write_outputs(out_dir, item: InputImage, maps, person_boxes, keypoints, run
         big = enlarge(item.image, f)
         pictures.append(draw_pose(big, points, runner.keypoint_set, cfg.keypoint_threshold, boxes))
         titles.append("pose")
-    if "seg" in maps:
-        pictures.append(seg_with_legend(item.image, maps["seg"], runner.vocabulary))
-        titles.append("segmentation")
-    if "depth" in maps:
-        pictures.append(colorize_depth(maps["depth"]))
-        titles.append("depth (near = bright)")
-    if "normal" in maps:
-        pictures.append(normal_to_rgb(maps["normal"]))
-        titles.append("normals")
+    dense, dense_titles = dense_pictures(item.image, maps, runner.vocabulary)
+    pictures += dense
+    titles += dense_titles
     _write_bytes(os.path.join(out_dir, "pictures", f"{item.name}.png"), png_bytes(panel(pictures, titles)))
     if not cfg.write_maps:
         return

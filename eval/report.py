@@ -81,11 +81,12 @@ class Section:
 
 
 _STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1400px}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1232px}
 h1{font-size:22px}h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
 h3{font-size:15px;margin:16px 0 6px}
-table{border-collapse:collapse;margin:6px 0 12px;font-size:13px}
-th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}
+table{border-collapse:collapse;margin:6px 0 12px;font-size:13px;max-width:100%}
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:right;overflow-wrap:anywhere}th{background:#f3f3f3}
+.wide{max-width:100%;overflow-x:auto}
 td:first-child,th:first-child{text-align:left}
 figure{display:inline-block;margin:6px 12px 12px 0;vertical-align:top}
 figure img{max-width:100%;border:1px solid #ddd}figcaption{font-size:12px;color:#555}
@@ -144,16 +145,20 @@ def _render_item(item: Item) -> str:
 
 
 def _format_value(value: Any) -> str:
+    """A table cell: numbers rounded to what a reader compares (4 decimals, 4 significant digits when tiny or
+    huge, so float32 noise such as -0.008999999612569809 shows as -0.0090), booleans as yes / no."""
     if value is None:
         return "–"
     if isinstance(value, bool):
-        return str(value)
+        return "yes" if value else "no"
     if isinstance(value, float):
         if not math.isfinite(value):
             return str(value)
-        return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
+        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e4):
+            return f"{value:.4g}"
+        return f"{value:.4f}"
     if isinstance(value, (list, tuple)):
-        shown = ", ".join(str(v) for v in value[:8])
+        shown = ", ".join(_format_value(v) for v in value[:8])
         return f"[{shown}{', ...' if len(value) > 8 else ''}] ({len(value)})"
     return str(value)
 
@@ -165,7 +170,7 @@ def metric_table_html(title: str, metrics: dict[str, Any]) -> str:
     scalars = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
     if scalars:
         rows = "".join(f"<tr><td>{_esc(k)}</td><td>{_esc(_format_value(v))}</td></tr>" for k, v in scalars.items())
-        parts.append(f"<table><tr><th>metric</th><th>value</th></tr>{rows}</table>")
+        parts.append(f'<div class="wide"><table><tr><th>metric</th><th>value</th></tr>{rows}</table></div>')
     for key, nested in metrics.items():
         if not isinstance(nested, dict) or not nested:
             continue
@@ -183,10 +188,12 @@ def metric_table_html(title: str, metrics: dict[str, Any]) -> str:
                 + "</tr>"
                 for n in shown
             )
-            parts.append(f"<table><caption>{_esc(key)}</caption><tr><th></th>{head}</tr>{body}</table>")
+            table = f"<table><caption>{_esc(key)}</caption><tr><th></th>{head}</tr>{body}</table>"
+            parts.append(f'<div class="wide">{table}</div>')
         else:
             body = "".join(f"<tr><td>{_esc(n)}</td><td>{_esc(_format_value(nested[n]))}</td></tr>" for n in shown)
-            parts.append(f"<table><caption>{_esc(key)}</caption><tr><th>name</th><th>value</th></tr>{body}</table>")
+            table = f"<table><caption>{_esc(key)}</caption><tr><th>name</th><th>value</th></tr>{body}</table>"
+            parts.append(f'<div class="wide">{table}</div>')
         if more:
             parts.append(f'<p class="note">{more} more rows of {_esc(key)} are in the JSON file.</p>')
     return "\n".join(parts)

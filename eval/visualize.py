@@ -148,14 +148,46 @@ def seg_legend(vocabulary: str, class_ids: Sequence[int], height: int | None = N
     return np.asarray(canvas)
 
 
+def legend_row(height: int, shown_height: int = 384, row: int = 16) -> int:
+    """Legend row height for a picture `height` tall that `panel` will show `shown_height` tall: `row` pixels
+    once shown (a 1024 px image is reduced ~2.7x, which made a fixed 16 px legend unreadable)."""
+    return max(row, round(row * height / shown_height))
+
+
 def seg_with_legend(
     image: np.ndarray, seg: np.ndarray, vocabulary: str = "goliath28", alpha: float = 0.6
 ) -> np.ndarray:
-    """The overlay with a legend of the classes present (background and ignore left out) to its right."""
+    """The overlay with a legend of the classes present (background and ignore left out) to its right, its
+    text sized to the image (`legend_row`)."""
     overlay = overlay_seg(image, seg, vocabulary, alpha)
     present = [int(c) for c in np.unique(seg) if c not in (0, schema.IGNORE_INDEX)]
-    legend = seg_legend(vocabulary, present, height=overlay.shape[0])
+    legend = seg_legend(vocabulary, present, height=overlay.shape[0], row=legend_row(overlay.shape[0]))
     return _hconcat([overlay, legend])
+
+
+def dense_pictures(
+    image: np.ndarray, maps: dict[str, np.ndarray], vocabulary: str = "goliath28"
+) -> tuple[list[np.ndarray], list[str]]:
+    """Pictures and titles of predicted seg / depth / normal maps. Depth and normals are drawn inside the
+    person mask (predicted seg not background) when the model segments, else over the whole frame (said so
+    in the title): the background's values are the model's guesses and stretched the colour range."""
+    pictures: list[np.ndarray] = []
+    titles: list[str] = []
+    person = None
+    if "seg" in maps:
+        seg = np.asarray(maps["seg"])
+        person = (seg != 0) & (seg != schema.IGNORE_INDEX)
+        pictures.append(seg_with_legend(image, seg, vocabulary))
+        titles.append("segmentation")
+    where = "person" if person is not None else "whole frame"
+    if "depth" in maps:
+        pictures.append(colorize_depth(maps["depth"], valid=person if person is not None else None))
+        titles.append(f"depth (near = bright), {where}")
+    if "normal" in maps:
+        normal = np.asarray(maps["normal"])
+        pictures.append(normal_to_rgb(normal if person is None else np.where(person[..., None], normal, 0.0)))
+        titles.append(f"normals, {where}")
+    return pictures, titles
 
 
 def colorize_depth(depth: np.ndarray, valid: np.ndarray | None = None, near_bright: bool = True) -> np.ndarray:

@@ -24,10 +24,24 @@ class _InputsAnywhereParser(argparse.ArgumentParser):
     """
 
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if args and args[0] == PREVIEW and not os.path.exists(PREVIEW) and {"-h", "--help"} & set(args):
+            _preview_parser().print_help()  # `preview` is a positional word here: give it its own help
+            self.exit()
         namespace, extras = super().parse_known_args(args, namespace)
         stray = [a for a in extras if not a.startswith("-")]
         namespace.inputs = list(getattr(namespace, "inputs", None) or []) + stray
         return namespace, [a for a in extras if a.startswith("-")]
+
+
+def _preview_parser() -> argparse.ArgumentParser:
+    """The help of `hv synth preview` (its arguments are parsed by the synth parser)."""
+    p = argparse.ArgumentParser(
+        prog="hv synth preview", description="Draw a contact sheet of a few samples of rendered shards."
+    )
+    p.add_argument("dirs", nargs="+", metavar="RUN_DIR_OR_SHARDS", help="a run folder (its shards/) or shard paths")
+    p.add_argument("--out", required=True, help="the sheet PNG to write")
+    p.add_argument("--count", type=int, default=4, help="samples on the sheet")
+    return p
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

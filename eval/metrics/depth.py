@@ -89,5 +89,5 @@ def depth_metrics(pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> dict[str, 
 
 
 def depth_metrics_from_files(gt_dir: str, pred_dir: str) -> dict[str, Any]:
-    pairs = list(iter_pairs(gt_dir, pred_dir, decode_depth))
+    pairs = list(iter_pairs(gt_dir, pred_dir, decode_depth, npy_channels=None))
     return depth_metrics(pairs)

@@ -64,7 +64,7 @@ def normal_metrics_from_files(gt_dir: str, pred_dir: str) -> dict[str, Any]:
     # Keep only the per-pixel errors (8 bytes each), not the maps, while reading the set.
     errors: list[np.ndarray] = []
     count = 0
-    for name, gt, pred in iter_pairs(gt_dir, pred_dir, decode_normal):
+    for name, gt, pred in iter_pairs(gt_dir, pred_dir, decode_normal, npy_channels=3):
         try:
             errors.append(angular_errors(pred, gt))
         except MetricInputError as e:
