@@ -64,7 +64,7 @@ def test_sapiens_03b_mae_step_at_zero3_bf16_in_two_processes(people: str, tmp_pa
     print(f"\nsapiens_0.3b MAE, ZeRO-3 bf16, 2 CPU processes: peak {row['peak_mem_mb']:.0f} MiB per process")
     assert np.isfinite(row["loss"]) and row["loss"] > 0
     assert hv("train", "export-weights", run, "--part", "encoder").returncode == 0
-    state = load_file(os.path.join(run, "weights.safetensors"))
+    state = load_file(os.path.join(run, "encoder.safetensors"))
     plain = build_vit("sapiens_0.3b", img_size=SIZE)
     plain.load_state_dict(state, strict=True)  # every backbone tensor, full size, fp32
     assert all(v.dtype == torch.float32 for v in state.values())
