@@ -238,13 +238,20 @@ def _qa(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     def run() -> int:
         from annotation.client import api_key_from_env
-        from annotation.server import LabelStudioServer, ServerSettings, find_binary
+        from annotation.server import (
+            DATABASE_NAME,
+            LabelStudioServer,
+            ServerSettings,
+            find_binary,
+            ignoring_stop_signals,
+            stop_signals_interrupt,
+        )
 
         binary = find_binary(args.label_studio_bin)
         token = api_key_from_env()
         data_dir = Path(args.data_dir).resolve()
         media_root = Path(args.media_root).resolve() if args.media_root else data_dir / "media"
-        fresh = not (data_dir / "label_studio.sqlite3").exists()
+        fresh = not (data_dir / DATABASE_NAME).exists()
         password = os.environ.get("LABEL_STUDIO_PASSWORD", "")
         generated = not password
         if generated:
@@ -257,27 +264,33 @@ def _serve(args: argparse.Namespace) -> int:
             f"hv annotate serve: starting Label Studio on http://127.0.0.1:{args.port} (data {data_dir}) ...",
             flush=True,
         )
-        url = server.start()
-        try:
-            print(f"\nLabel Studio is up: {url}")
-            if fresh:
-                shown = password if generated else "the value of LABEL_STUDIO_PASSWORD"
-                print(f"  log in as {args.username} with password {shown}")
-            else:
-                print(f"  log in as {args.username} with the password this data dir was created with")
-            print("  for push / predict / pull / qa in another shell:")
-            print(f"    export LABEL_STUDIO_URL={url}")
-            print(f"    export LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={media_root}")
-            print("    (and the same LABEL_STUDIO_API_KEY)")
-            print("  Ctrl-C stops the server.", flush=True)
-            assert server.process is not None
-            code = server.process.wait()
-            print(f"hv annotate serve: Label Studio exited with code {code}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print("\nhv annotate serve: stopping Label Studio ...", file=sys.stderr)
-            return 0
-        finally:
-            server.stop()
+        with stop_signals_interrupt():
+            try:
+                url = server.start()
+                _print_login(url, args.username, media_root, fresh, password if generated else None)
+                assert server.process is not None
+                code = server.process.wait()
+                print(f"hv annotate serve: Label Studio exited with code {code}", file=sys.stderr)
+                return 2
+            except KeyboardInterrupt:
+                print("\nhv annotate serve: stopping Label Studio ...", file=sys.stderr)
+                return 0
+            finally:
+                with ignoring_stop_signals():
+                    server.stop()
 
     return _guarded("serve", run)
+
+
+def _print_login(url: str, username: str, media_root: Path, fresh: bool, generated_password: str | None) -> None:
+    print(f"\nLabel Studio is up: {url}")
+    if fresh:
+        shown = generated_password or "the value of LABEL_STUDIO_PASSWORD"
+        print(f"  log in as {username} with password {shown}")
+    else:
+        print(f"  log in as {username} with the password this data dir was created with")
+    print("  for push / predict / pull / qa in another shell:")
+    print(f"    export LABEL_STUDIO_URL={url}")
+    print(f"    export LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={media_root}")
+    print("    (and the same LABEL_STUDIO_API_KEY)")
+    print("  Ctrl-C (or SIGTERM / SIGHUP) stops the server.", flush=True)
