@@ -74,6 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pull.add_argument("--out", required=True, type=Path)
     pull.add_argument("--all", action="store_true", help="also keep every annotator's labels (ann<ID>.* members)")
     pull.add_argument("--shards", nargs="+", default=None, help="where the pushed shards live now, if they moved")
+    pull.add_argument("--media-root", default=None, help="the folder push copied images to (holds its shard record)")
     _server_args(pull)
     pull.set_defaults(func=_pull)
 
