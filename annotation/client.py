@@ -91,7 +91,7 @@ class Studio:
         if response.status_code in (401, 403):
             raise AnnotationError(
                 f"Label Studio at {self.url} refused the API key from {API_KEY_ENV} while {doing} "
-                f"(HTTP {response.status_code}); check the key"
+                f"(HTTP {response.status_code}: {_detail(response)[:200]}); check the key"
                 + (", and that legacy API tokens are enabled" if self.auth.kind == "legacy" else "")
             )
         if response.status_code not in ok:
@@ -196,6 +196,32 @@ class Studio:
         """What an annotator's client sends on Submit (used by tests and scripted imports)."""
         return self.request(
             "POST", f"/api/tasks/{task_id}/annotations", f"annotating task {task_id}", json={"result": result}
+        )
+
+    # ------------------------------------------------------------------------------------- ML backends
+
+    def connect_ml_backend(self, project_id: int, url: str, title: str | None = None) -> dict[str, Any]:
+        """Register the ML backend at `url` on a project (Label Studio calls its /health and /setup first);
+        already registered: the existing one."""
+        if not url.startswith(("http://", "https://")):
+            raise AnnotationError(f"ML backend URL {url!r} must start with http:// or https://")
+        url = url.rstrip("/")
+        doing = f"listing the ML backends of project {project_id}"
+        existing = self.request("GET", "/api/ml", doing, params={"project": project_id}) or []
+        for backend in existing:
+            if str(backend.get("url", "")).rstrip("/") == url:
+                return backend
+        body = {"url": url, "project": project_id, "title": title or url, "is_interactive": False}
+        return self.request("POST", "/api/ml", f"connecting the ML backend {url} to project {project_id}", json=body)
+
+    def request_predictions(self, project_id: int, task_ids: list[int]) -> Any:
+        """Ask the project's ML backend for predictions of these tasks (the data manager's action)."""
+        return self.request(
+            "POST",
+            "/api/dm/actions",
+            f"requesting predictions for {len(task_ids)} tasks of project {project_id}",
+            params={"id": "retrieve_tasks_predictions", "project": project_id},
+            json={"selectedItems": {"all": False, "included": task_ids}},
         )
 
 

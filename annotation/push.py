@@ -188,6 +188,10 @@ def push(
             "hv_task": task,
             "keypoint_set": config.keypoint_set,
             "vocabulary": config.vocabulary,
+            # The detector's boxes: the ML backend's top-down pose starts from them.
+            "persons": [
+                {"bbox": p["bbox"]} for p in sample.meta.get("persons", []) if isinstance(p, dict) and "bbox" in p
+            ],
         }
         batch.append({"data": data})
         if len(batch) >= config.batch_size:

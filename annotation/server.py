@@ -44,6 +44,14 @@ DATABASE_NAME = "label_studio.sqlite3"
 # then <name>: an empty value in every spelling switches the error tracker off whatever the user's shell holds.
 SENTRY_SETTINGS = ("SENTRY_DSN", "FRONTEND_SENTRY_DSN")
 SETTING_PREFIXES = ("LABEL_STUDIO_", "HEARTEX_", "")
+# Label Studio 1.23.2's default SSRF block list (core/utils/io.py validate_ip) without 127.0.0.0/8.
+BANNED_SUBNETS = (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "169.254.0.0/16", "172.16.0.0/12", "192.0.0.0/24", "192.0.2.0/24",
+    "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4",
+    "233.252.0.0/24", "240.0.0.0/4", "255.255.255.255/32", "::/128", "::1/128", "::ffff:0:0/96", "::ffff:0:0:0/96",
+    "64:ff9b::/96", "64:ff9b:1::/48", "100::/64", "2001:0000::/32", "2001:20::/28", "2001:db8::/32", "2002::/16",
+    "fc00::/7", "fe80::/10", "ff00::/8",
+)  # fmt: skip
 
 
 def find_binary(explicit: str | None = None) -> Path:
@@ -137,6 +145,11 @@ class LabelStudioServer:
             LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true",
             LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true",
             LATEST_VERSION_CHECK="false",
+            # Label Studio refuses to call (ML backends, their webhooks, URLs) any reserved address, 127.0.0.1
+            # included, so it could not reach `hv annotate backend`. Same list, minus IPv4 loopback only: private
+            # networks, link-local (cloud metadata) and the rest stay blocked.
+            USE_DEFAULT_BANNED_SUBNETS="false",
+            USER_ADDITIONAL_BANNED_SUBNETS=",".join(BANNED_SUBNETS),
             COLLECT_ANALYTICS="false",
             LABEL_STUDIO_USERNAME=s.username,
             LABEL_STUDIO_PASSWORD=self._password,

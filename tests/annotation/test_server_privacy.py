@@ -61,6 +61,10 @@ def test_started_server_has_sentry_off(live_server: LiveServer, monkeypatch: pyt
     for name in SENTRY_SETTINGS:
         for prefix in SETTING_PREFIXES:
             assert environ.get(f"{prefix}{name}") == "", f"{prefix}{name} reaches the server as {environ.get(name)!r}"
+    # Calls out (ML backends, webhooks) may reach this machine's loopback, never a private or link-local network.
+    assert environ["USE_DEFAULT_BANNED_SUBNETS"] == "false"
+    banned = environ["USER_ADDITIONAL_BANNED_SUBNETS"].split(",")
+    assert "127.0.0.0/8" not in banned and {"10.0.0.0/8", "169.254.0.0/16", "192.168.0.0/16", "::1/128"} <= set(banned)
     page = _logged_in_page(live_server.url, "/projects/")
     assert "sentry_dsn: null" in page
     assert "ingest.sentry.io" not in page
