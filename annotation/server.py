@@ -32,6 +32,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from annotation.errors import AnnotationError
 
@@ -245,25 +246,23 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 @contextlib.contextmanager
-def stop_signals_interrupt() -> Iterator[None]:
+def _stop_signals_handled_by(handler: Any) -> Iterator[None]:
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def stop_signals_interrupt() -> contextlib.AbstractContextManager[None]:
     """Inside: SIGTERM and SIGHUP raise KeyboardInterrupt, so the Ctrl-C path (a `finally: server.stop()`) runs."""
-    previous = {sig: signal.signal(sig, _interrupt) for sig in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return _stop_signals_handled_by(_interrupt)
 
 
-@contextlib.contextmanager
-def ignoring_stop_signals() -> Iterator[None]:
+def ignoring_stop_signals() -> contextlib.AbstractContextManager[None]:
     """While the server is being stopped: a second SIGTERM must not cut the stop in half."""
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return _stop_signals_handled_by(signal.SIG_IGN)
 
 
 @contextlib.contextmanager
