@@ -6,6 +6,8 @@
     hv annotate predict SHARDS... --project NAME --task pose|seg [--model-version V]
     hv annotate pull --project NAME --out DIR [--all] [--shards ORIGINALS...]
     hv annotate qa --project NAME [--out report.json]
+    hv annotate backend --checkpoint RUN [--port 9090] [--media-root DIR]
+    hv annotate connect --project NAME --backend http://127.0.0.1:9090
 
 The API key comes from LABEL_STUDIO_API_KEY only; the URL from --url or LABEL_STUDIO_URL. Every action
 takes `--config FILE` and `key=value` overrides (annotation/config.py); for push and predict
@@ -74,6 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pull.add_argument("--out", required=True, type=Path)
     pull.add_argument("--all", action="store_true", help="also keep every annotator's labels (ann<ID>.* members)")
     pull.add_argument("--shards", nargs="+", default=None, help="where the pushed shards live now, if they moved")
+    pull.add_argument("--media-root", default=None, help="the folder push copied images to (holds its shard record)")
     _server_args(pull)
     pull.set_defaults(func=_pull)
 
@@ -81,6 +84,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     qa.add_argument("--out", type=Path, default=None, help="write the full report as JSON here")
     _server_args(qa)
     qa.set_defaults(func=_qa)
+
+    backend = sub.add_parser("backend", help="serve a checkpoint as a Label Studio ML backend on 127.0.0.1")
+    backend.add_argument("--checkpoint", required=True, help="a fine-tuned run folder or model.safetensors")
+    backend.add_argument("--port", type=int, default=9090)
+    backend.add_argument("--media-root", default=None, help="the folder push copies images to (the server's root)")
+    backend.add_argument("--device", default="cpu", help="cpu or cuda")
+    backend.add_argument("--keypoint-threshold", type=float, default=0.3, help="heatmap peak below: not placed")
+    backend.set_defaults(func=_backend)
+
+    connect = sub.add_parser("connect", help="register an ML backend on a project (Label Studio checks it)")
+    connect.add_argument("--backend", required=True, help="the backend's URL, e.g. http://127.0.0.1:9090")
+    connect.add_argument("--title", default=None, help="its name in Label Studio (default: the model version)")
+    _server_args(connect)
+    connect.set_defaults(func=_connect)
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -173,13 +190,13 @@ def _predict(args: argparse.Namespace) -> int:
         model_version = args.model_version or "shard-labels"
         kwargs = {}
         if args.checkpoint:
-            from annotation.model_predictor import model_predictor
+            from annotation.model_predictor import checkpoint_version, model_predictor
 
             try:
                 kwargs["predictor"] = model_predictor(args.checkpoint, args.task, device=args.device)
             except (OSError, ValueError) as e:
                 raise AnnotationError(f"cannot load the model: {e}") from None
-            model_version = args.model_version or _checkpoint_version(args.checkpoint)
+            model_version = args.model_version or checkpoint_version(args.checkpoint)
         with _studio(args, config) as studio:
             report = predict(
                 studio, args.shards, args.project, args.task, config, model_version, progress=not args.quiet, **kwargs
@@ -188,12 +205,6 @@ def _predict(args: argparse.Namespace) -> int:
         return _report_skips("predict", report.skipped)
 
     return _guarded("predict", run)
-
-
-def _checkpoint_version(checkpoint: str) -> str:
-    """A model version naming the run: `finetune-pose` for runs/finetune-pose/model.safetensors."""
-    path = Path(checkpoint).resolve()
-    return path.parent.name if path.is_file() else path.name
 
 
 def _pull(args: argparse.Namespace) -> int:
@@ -238,13 +249,20 @@ def _qa(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     def run() -> int:
         from annotation.client import api_key_from_env
-        from annotation.server import LabelStudioServer, ServerSettings, find_binary
+        from annotation.server import (
+            DATABASE_NAME,
+            LabelStudioServer,
+            ServerSettings,
+            find_binary,
+            ignoring_stop_signals,
+            stop_signals_interrupt,
+        )
 
         binary = find_binary(args.label_studio_bin)
         token = api_key_from_env()
         data_dir = Path(args.data_dir).resolve()
         media_root = Path(args.media_root).resolve() if args.media_root else data_dir / "media"
-        fresh = not (data_dir / "label_studio.sqlite3").exists()
+        fresh = not (data_dir / DATABASE_NAME).exists()
         password = os.environ.get("LABEL_STUDIO_PASSWORD", "")
         generated = not password
         if generated:
@@ -257,27 +275,75 @@ def _serve(args: argparse.Namespace) -> int:
             f"hv annotate serve: starting Label Studio on http://127.0.0.1:{args.port} (data {data_dir}) ...",
             flush=True,
         )
-        url = server.start()
-        try:
-            print(f"\nLabel Studio is up: {url}")
-            if fresh:
-                shown = password if generated else "the value of LABEL_STUDIO_PASSWORD"
-                print(f"  log in as {args.username} with password {shown}")
-            else:
-                print(f"  log in as {args.username} with the password this data dir was created with")
-            print("  for push / predict / pull / qa in another shell:")
-            print(f"    export LABEL_STUDIO_URL={url}")
-            print(f"    export LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={media_root}")
-            print("    (and the same LABEL_STUDIO_API_KEY)")
-            print("  Ctrl-C stops the server.", flush=True)
-            assert server.process is not None
-            code = server.process.wait()
-            print(f"hv annotate serve: Label Studio exited with code {code}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print("\nhv annotate serve: stopping Label Studio ...", file=sys.stderr)
-            return 0
-        finally:
-            server.stop()
+        with stop_signals_interrupt():
+            try:
+                url = server.start()
+                _print_login(url, args.username, media_root, fresh, password if generated else None)
+                assert server.process is not None
+                code = server.process.wait()
+                print(f"hv annotate serve: Label Studio exited with code {code}", file=sys.stderr)
+                return 2
+            except KeyboardInterrupt:
+                print("\nhv annotate serve: stopping Label Studio ...", file=sys.stderr)
+                return 0
+            finally:
+                with ignoring_stop_signals():
+                    server.stop()
 
     return _guarded("serve", run)
+
+
+def _print_login(url: str, username: str, media_root: Path, fresh: bool, generated_password: str | None) -> None:
+    print(f"\nLabel Studio is up: {url}")
+    if fresh:
+        shown = generated_password or "the value of LABEL_STUDIO_PASSWORD"
+        print(f"  log in as {username} with password {shown}")
+    else:
+        print(f"  log in as {username} with the password this data dir was created with")
+    print("  for push / predict / pull / qa in another shell:")
+    print(f"    export LABEL_STUDIO_URL={url}")
+    print(f"    export LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={media_root}")
+    print("    (and the same LABEL_STUDIO_API_KEY)")
+    print("  Ctrl-C (or SIGTERM / SIGHUP) stops the server.", flush=True)
+
+
+def _backend(args: argparse.Namespace) -> int:
+    def run() -> int:
+        from annotation.backend import BackendApp, serve
+        from annotation.backend_model import BackendModel
+        from annotation.push import resolve_media_root
+        from annotation.server import LOOPBACK, port_is_free, stop_signals_interrupt
+
+        media_root = resolve_media_root(args.media_root or "")
+        if not port_is_free(args.port):
+            raise AnnotationError(f"port {args.port} on {LOOPBACK} is taken; pick another with --port")
+        try:
+            model = BackendModel(
+                args.checkpoint, media_root, device=args.device, keypoint_threshold=args.keypoint_threshold
+            )
+        except (OSError, ValueError) as e:
+            raise AnnotationError(f"cannot load the model: {e}") from None
+        url = f"http://{LOOPBACK}:{args.port}"
+        print(f"hv annotate backend: {model.model_version} ({', '.join(model.model.tasks)}) on {url}", flush=True)
+        print(f"  connect a project: hv annotate connect --project NAME --backend {url}", flush=True)
+        with stop_signals_interrupt():
+            try:
+                serve(BackendApp(model), args.port)
+            except KeyboardInterrupt:
+                print("hv annotate backend: stopped", file=sys.stderr)
+        return 0
+
+    return _guarded("backend", run)
+
+
+def _connect(args: argparse.Namespace) -> int:
+    def run() -> int:
+        config = _settings(args)
+        with _studio(args, config) as studio:
+            studio.check()
+            project = studio.require_project(args.project)
+            backend = studio.connect_ml_backend(int(project["id"]), args.backend, args.title)
+        print(f"project {args.project!r}: ML backend {backend['id']} at {backend['url']} ({backend.get('state')})")
+        return 0
+
+    return _guarded("connect", run)

@@ -7,9 +7,9 @@ It speaks the documented REST API (the one the SDK wraps) through httpx, which t
 these commands need plain dicts in and out, page-by-page streaming of tasks with their annotations (an
 export of tens of thousands of 308-keypoint tasks does not fit in memory comfortably), and one place that
 turns every transport and HTTP failure into an `AnnotationError` naming the URL and what was being done.
-Authentication: the legacy `Authorization: Token <key>` header (servers started with legacy tokens on;
-`hv annotate serve` does that). The key is held only in the request headers and is never formatted
-into a message.
+Authentication (annotation/auth.py): a legacy token (`hv annotate serve` creates one) or a personal access
+token (a JWT, exchanged for short-lived access tokens and refreshed as they expire), whichever
+LABEL_STUDIO_API_KEY holds. The key lives only in the auth flow and is never formatted into a message.
 """
 
 from __future__ import annotations
@@ -49,10 +49,13 @@ class Studio:
     def __init__(self, url: str, api_key: str, timeout_s: float = 60.0) -> None:
         import httpx
 
+        from annotation.auth import LabelStudioAuth
+
         self.url = resolve_url(url)
+        self.auth = LabelStudioAuth(self.url, api_key)
         self._http = httpx.Client(
             base_url=self.url,
-            headers={"Authorization": f"Token {api_key}"},
+            auth=self.auth,
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
             follow_redirects=False,
         )
@@ -88,7 +91,8 @@ class Studio:
         if response.status_code in (401, 403):
             raise AnnotationError(
                 f"Label Studio at {self.url} refused the API key from {API_KEY_ENV} while {doing} "
-                f"(HTTP {response.status_code}); check the key, and that legacy API tokens are enabled"
+                f"(HTTP {response.status_code}: {_detail(response)[:200]}); check the key"
+                + (", and that legacy API tokens are enabled" if self.auth.kind == "legacy" else "")
             )
         if response.status_code not in ok:
             detail = _detail(response)
@@ -192,6 +196,32 @@ class Studio:
         """What an annotator's client sends on Submit (used by tests and scripted imports)."""
         return self.request(
             "POST", f"/api/tasks/{task_id}/annotations", f"annotating task {task_id}", json={"result": result}
+        )
+
+    # ------------------------------------------------------------------------------------- ML backends
+
+    def connect_ml_backend(self, project_id: int, url: str, title: str | None = None) -> dict[str, Any]:
+        """Register the ML backend at `url` on a project (Label Studio calls its /health and /setup first);
+        already registered: the existing one."""
+        if not url.startswith(("http://", "https://")):
+            raise AnnotationError(f"ML backend URL {url!r} must start with http:// or https://")
+        url = url.rstrip("/")
+        doing = f"listing the ML backends of project {project_id}"
+        existing = self.request("GET", "/api/ml", doing, params={"project": project_id}) or []
+        for backend in existing:
+            if str(backend.get("url", "")).rstrip("/") == url:
+                return backend
+        body = {"url": url, "project": project_id, "title": title or url, "is_interactive": False}
+        return self.request("POST", "/api/ml", f"connecting the ML backend {url} to project {project_id}", json=body)
+
+    def request_predictions(self, project_id: int, task_ids: list[int]) -> Any:
+        """Ask the project's ML backend for predictions of these tasks (the data manager's action)."""
+        return self.request(
+            "POST",
+            "/api/dm/actions",
+            f"requesting predictions for {len(task_ids)} tasks of project {project_id}",
+            params={"id": "retrieve_tasks_predictions", "project": project_id},
+            json={"selectedItems": {"all": False, "included": task_ids}},
         )
 
 

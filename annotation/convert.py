@@ -97,6 +97,7 @@ def pose_to_results(pose: Pose, width: int, height: int) -> list[dict[str, Any]]
     (v > 0), and an `occluded` choice on each v = 1 keypoint. Region ids are p<person>k<index>."""
     kps = schema.keypoints()
     members = schema.subset(pose.keypoint_set)
+    control_of = labeling.keypoint_panel_of(pose.keypoint_set)
     results: list[dict[str, Any]] = []
     for p, person in enumerate(pose.persons):
         results.append(
@@ -117,7 +118,7 @@ def pose_to_results(pose: Pose, width: int, height: int) -> list[dict[str, Any]]
             x_pct, y_pct = pixels_to_percent(x, y, width, height)
             point = {"x": x_pct, "y": y_pct, "width": POINT_WIDTH_PCT}
             region_id = f"p{p}k{int(index)}"
-            control = labeling.keypoint_control(k.group)
+            control = control_of[k.name]
             results.append(
                 _region(region_id, control, "keypointlabels", {**point, "keypointlabels": [k.name]}, width, height)
             )

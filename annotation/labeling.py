@@ -4,10 +4,13 @@
     hv annotate config --task seg --vocab goliath28       # 28 brush classes in the schema's palette
     hv annotate config --task bbox                        # person boxes only
 
-Pose: a `person` RectangleLabels for top-down boxes, then one KeyPointLabels control per keypoint group
-(body, feet, left_hand, right_hand, extra, face), each in its own collapsible panel and coloured by group,
+Pose: a `person` RectangleLabels for top-down boxes, then one KeyPointLabels control per keypoint region
+(body, feet, right_hand, left_hand, extra, face; each wrist with its hand), each in its own collapsible panel,
+labels coloured by group,
 so an annotator can work one region at a time; the big groups get a `<Filter>` box to find a label by
-typing. Visibility is a per-region choice (`visible` / `occluded`): a keypoint without the choice is
+typing. Every keypoint label carries `model_index`, its row in the keypoint subset (the Goliath order for
+`all`): Label Studio's own COCO / YOLO exports order keypoints by it and refuse a config without it.
+Visibility is a per-region choice (`visible` / `occluded`): a keypoint without the choice is
 visible (v = 2), `occluded` gives v = 1, an absent keypoint v = 0 (COCO).
 
 The names of the controls below are the contract with `annotation.convert`: change both together.
@@ -28,7 +31,7 @@ PERSON = "person"  # RectangleLabels control and its one label
 VISIBILITY = "visibility"  # per-region Choices on keypoints
 VISIBLE, OCCLUDED = "visible", "occluded"
 SEG = "parts"  # BrushLabels control
-KEYPOINT_PREFIX = "kp_"  # KeyPointLabels controls are kp_<group>
+KEYPOINT_PREFIX = "kp_"  # KeyPointLabels controls are kp_<group of the panel>
 
 GROUP_COLORS: dict[str, str] = {
     "body": "#e6194b",
@@ -47,14 +50,28 @@ def keypoint_control(group: str) -> str:
     return f"{KEYPOINT_PREFIX}{group}"
 
 
-def keypoint_groups(keypoint_set: str) -> list[tuple[str, list[str]]]:
-    """The subset's keypoint names grouped by schema group, groups in schema order, names in subset order."""
+def keypoint_panels(keypoint_set: str) -> list[tuple[str, list[str]]]:
+    """The subset's keypoint names cut into panels (one KeyPointLabels control each) of consecutive keypoints.
+
+    A panel is a run of one group in the subset's order; a later run of a group already seen joins the panel
+    before it (in the Goliath order each wrist follows its hand's 20 points, so it lives in that hand's panel).
+    Why runs: Label Studio's COCO export lists a category's keypoint names in control order and places the
+    coordinates by `model_index`; only when the concatenated panels are the subset order do the two agree.
+    """
     kps = schema.keypoints()
-    names_by_group: dict[str, list[str]] = {g: [] for g in schema.GROUPS}
+    panels: list[tuple[str, list[str]]] = []
     for index in schema.subset(keypoint_set):
         k = kps[int(index)]
-        names_by_group[k.group].append(k.name)
-    return [(g, names) for g, names in names_by_group.items() if names]
+        if panels and (panels[-1][0] == k.group or any(group == k.group for group, _ in panels[:-1])):
+            panels[-1][1].append(k.name)
+        else:
+            panels.append((k.group, [k.name]))
+    return panels
+
+
+def keypoint_panel_of(keypoint_set: str) -> dict[str, str]:
+    """Keypoint name -> the name of the control that holds it in the subset's config."""
+    return {name: keypoint_control(group) for group, names in keypoint_panels(keypoint_set) for name in names}
 
 
 def _hex(rgb: tuple[int, int, int]) -> str:
@@ -86,7 +103,9 @@ def pose_config(keypoint_set: str = "all") -> str:
         "  </Choices>\n",
         "  <Collapse>\n",
     ]
-    for group, names in keypoint_groups(keypoint_set):
+    rows = {name: row for row, name in enumerate(schema.subset_names(keypoint_set))}
+    group_of = {k.name: k.group for k in schema.keypoints()}
+    for group, names in keypoint_panels(keypoint_set):
         control = keypoint_control(group)
         parts.append(f"    <Panel value={quoteattr(f'{group} ({len(names)})')}>\n")
         if len(names) >= FILTER_MIN_LABELS:
@@ -94,8 +113,11 @@ def pose_config(keypoint_set: str = "all") -> str:
                 f'      <Filter name="filter_{group}" toName="{control}" minlength="0" placeholder="find a label"/>\n'
             )
         parts.append(f'      <KeyPointLabels name="{control}" toName="{IMAGE}" strokeWidth="2" opacity="0.9">\n')
-        color = GROUP_COLORS[group]
-        parts.extend(f'        <Label value={quoteattr(name)} background="{color}"/>\n' for name in names)
+        parts.extend(
+            f"        <Label value={quoteattr(name)} background={quoteattr(GROUP_COLORS[group_of[name]])}"
+            f' model_index="{rows[name]}"/>\n'
+            for name in names
+        )
         parts.append("      </KeyPointLabels>\n    </Panel>\n")
     parts.append("  </Collapse>\n</View>\n")
     return "".join(parts)

@@ -13,6 +13,7 @@ tasks by it). Segmentation is the model's class map at the image's own size.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -29,6 +30,19 @@ def person_boxes(sample: Sample) -> np.ndarray:
     return np.asarray(boxes, dtype=np.float32)
 
 
+def checkpoint_version(checkpoint: str) -> str:
+    """A model version naming the run: `finetune-pose` for runs/finetune-pose/model.safetensors."""
+    path = Path(checkpoint).resolve()
+    return path.parent.name if path.is_file() else path.name
+
+
+def load_model(checkpoint: str, device: str = "cpu"):
+    """A `train.predictor.Predictor` for `checkpoint` (a run folder or model.safetensors)."""
+    from train.predictor import Predictor as ModelPredictor
+
+    return ModelPredictor(checkpoint, device=device)
+
+
 def model_predictor(
     checkpoint: str,
     task: Literal["pose", "seg"],
@@ -39,12 +53,16 @@ def model_predictor(
 
     Raises ValueError naming the checkpoint when it has no head for `task`.
     """
-    from train.predictor import Predictor as ModelPredictor
-
-    model = ModelPredictor(checkpoint, device=device)
+    model = load_model(checkpoint, device)
     if task not in model.tasks:
         raise ValueError(f"checkpoint {checkpoint} has no {task} head (its tasks: {', '.join(model.tasks)})")
-    keypoint_set = model.cfg.pose.keypoint_set if task == "pose" else ""
+    return predictor_for(model, task, keypoint_threshold)
+
+
+def predictor_for(model, task: Literal["pose", "seg", "bbox"], keypoint_threshold: float = 0.3):
+    """The `Sample -> Prediction` function of a loaded model for one task. bbox: the pose head's people, each
+    box the extent of its placed keypoints (the model has no detector head)."""
+    keypoint_set = model.cfg.pose.keypoint_set if task in ("pose", "bbox") else ""
 
     def predict_pose(sample: Sample) -> Prediction:
         boxes = person_boxes(sample)
@@ -61,9 +79,22 @@ def model_predictor(
             person_scores.append(float(scores[placed].mean()) if placed.any() else 0.0)
         return Prediction(pose=Pose(keypoint_set, persons), score=float(np.mean(person_scores)))
 
+    def predict_boxes(sample: Sample) -> Prediction:
+        pose = predict_pose(sample)
+        assert pose.pose is not None
+        persons = []
+        for person in pose.pose.persons:
+            placed = person.keypoints[person.keypoints[:, 2] > 0, :2]
+            if len(placed) == 0:
+                continue
+            (x0, y0), (x1, y1) = placed.min(axis=0), placed.max(axis=0)
+            box = (float(x0), float(y0), float(max(x1, x0 + 1.0)), float(max(y1, y0 + 1.0)))
+            persons.append(PersonPose(bbox=box, keypoints=np.zeros_like(person.keypoints)))
+        return Prediction(pose=Pose(keypoint_set, persons), score=pose.score)
+
     def predict_seg(sample: Sample) -> Prediction:
         dense = model.dense([sample.image], tasks=["seg"])[0]
         assert dense.seg is not None and dense.seg_probs is not None
         return Prediction(seg=dense.seg, score=float(dense.seg_probs.mean()))
 
-    return predict_pose if task == "pose" else predict_seg
+    return {"pose": predict_pose, "bbox": predict_boxes, "seg": predict_seg}[task]

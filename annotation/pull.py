@@ -9,6 +9,10 @@ Several annotations on one task: the latest (by update time) becomes `pose.json`
 `json` lists them under `annotations`; `json.annotation` always names the one chosen. Cancelled
 (skipped) annotations are ignored; tasks without a finished annotation are counted, not written.
 
+Which originals are read: only the shards the project was pushed from (push records them beside its
+images), or those named with `--shards`; a task whose data names any other path or URI is not followed
+but listed in the report with the reason.
+
 Two passes keep memory flat for big projects: the tasks are streamed page by page into a spool file
 (key -> offset), then the original shards are read in order and each annotated sample is rewritten.
 Everything is written under a hidden folder inside `--out` and moved into place only when the pull
@@ -30,7 +34,7 @@ from annotation import convert
 from annotation.client import Studio
 from annotation.config import AnnotateConfig, config_dict, save_config
 from annotation.errors import AnnotationError
-from annotation.push import member_text, project_kind
+from annotation.push import member_text, project_folder, project_kind, read_pushed_shards, resolve_media_root
 from data_engine import shards
 from data_engine.sample import SampleError, decode, encode, encode_pose, encode_seg
 
@@ -97,13 +101,18 @@ def pull(
     override = _index_override(shard_override) if shard_override else None
     studio.check()
     project = studio.require_project(title)
+    pushed = (
+        None
+        if override is not None
+        else read_pushed_shards(project_folder(resolve_media_root(config.media_root), title))
+    )
     kind = project_kind(project.get("label_config", ""))
     report = PullReport(project_id=int(project["id"]))
     out_dir.mkdir(parents=True, exist_ok=True)
     stage = out_dir / f".pull-{uuid.uuid4().hex[:8]}"
     stage.mkdir()
     try:
-        _pull_into(studio, stage, kind, config, keep_all, override, report, progress)
+        _pull_into(studio, stage, kind, config, keep_all, override, pushed, report, progress)
         for name in sorted(os.listdir(stage)):
             if name.endswith(".tar"):
                 os.replace(stage / name, out_dir / name)
@@ -122,6 +131,7 @@ def _pull_into(
     config: AnnotateConfig,
     keep_all: bool,
     override: dict[str, str] | None,
+    pushed: set[str] | None,
     report: PullReport,
     progress: bool,
 ) -> None:
@@ -148,6 +158,15 @@ def _pull_into(
             shard = override.get(key) if override is not None else data.get("shard")
             if not shard:
                 report.bad.append({"key": key, "shard": None, "reason": "original sample not found in --shards"})
+                continue
+            if pushed is not None and (not isinstance(shard, str) or shard not in pushed):
+                report.bad.append(
+                    {
+                        "key": key,
+                        "shard": str(shard)[:300],
+                        "reason": "the task names a shard this project was not pushed from; not opened",
+                    }
+                )
                 continue
             offsets[key] = spool.tell()
             by_shard[shard].append(key)

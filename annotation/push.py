@@ -12,12 +12,17 @@ rewrites nothing. Limits: the server must see the same folder (the same machine,
 path is the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT), and that variable must be set when the
 server starts. A team server elsewhere needs a shared mount, or a cloud bucket and storage (not built here).
 
+The shards a project was pushed from are recorded in `<media_root>/hv/<project>/pushed-shards.json` (on
+this side, not in the server): `pull` opens only those, never whatever path or URI a task's data names, so
+a task edited through the API cannot make `pull` read an arbitrary file.
+
 Idempotent: the keys already in the project are read first and skipped, so pushing again creates no
 duplicate tasks. Tasks go in batches of `batch_size` per request with a progress bar.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -33,6 +38,7 @@ from data_engine.sample import Sample, decode
 
 MEDIA_ROOT_ENV = "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"
 MEDIA_SUBDIR = "hv"
+PUSH_RECORD = "pushed-shards.json"
 
 
 @dataclass
@@ -92,6 +98,38 @@ def open_or_create_project(studio: Studio, title: str, task: labeling.TaskType, 
     return project
 
 
+def project_folder(media_root: Path, title: str) -> Path:
+    return media_root / MEDIA_SUBDIR / project_slug(title)
+
+
+def record_pushed_shards(folder: Path, shard_paths: list[str]) -> None:
+    """Add `shard_paths` to the project's record (atomically): written before any task names them."""
+    known = read_pushed_shards(folder) if (folder / PUSH_RECORD).exists() else set()
+    record = {"shards": sorted(known | set(shard_paths))}
+    tmp = folder / f".{PUSH_RECORD}.tmp"
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(folder / PUSH_RECORD)
+
+
+def read_pushed_shards(folder: Path) -> set[str]:
+    path = folder / PUSH_RECORD
+    try:
+        record = json.loads(path.read_text())
+        shards_pushed = record["shards"]
+        if not isinstance(shards_pushed, list) or not all(isinstance(p, str) for p in shards_pushed):
+            raise TypeError("shards is not a list of paths")
+    except FileNotFoundError:
+        raise AnnotationError(
+            f"no push record at {path}: this project was not pushed from here (or with an older version); "
+            "name its original shards with --shards"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise AnnotationError(
+            f"push record {path} is unreadable ({e}); name the original shards with --shards"
+        ) from None
+    return set(shards_pushed)
+
+
 def _write_once(path: Path, data: bytes) -> None:
     if path.exists() and path.stat().st_size == len(data):
         return
@@ -115,8 +153,9 @@ def push(
     studio.check()
     project = open_or_create_project(studio, title, task, config)
     report = PushReport(project_id=int(project["id"]))
-    folder = media_root / MEDIA_SUBDIR / project_slug(title)
+    folder = project_folder(media_root, title)
     folder.mkdir(parents=True, exist_ok=True)
+    record_pushed_shards(folder, files)
     studio.ensure_local_storage(report.project_id, str(folder))
     known = {
         str(t.get("data", {}).get("key")) for t in studio.iter_tasks(report.project_id, page_size=config.page_size)
@@ -149,6 +188,10 @@ def push(
             "hv_task": task,
             "keypoint_set": config.keypoint_set,
             "vocabulary": config.vocabulary,
+            # The detector's boxes: the ML backend's top-down pose starts from them.
+            "persons": [
+                {"bbox": p["bbox"]} for p in sample.meta.get("persons", []) if isinstance(p, dict) and "bbox" in p
+            ],
         }
         batch.append({"data": data})
         if len(batch) >= config.batch_size:

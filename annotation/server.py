@@ -9,6 +9,11 @@ module (STACK.md): Label Studio binds 0.0.0.0 unless told `--internal-host 127.0
 taken it silently moves to another one, so we refuse a taken port up front and then check that *our*
 token is accepted on the URL we print; `label-studio --version` starts a server, so it is never called.
 
+Nothing leaves the machine and nothing is readable by others: Label Studio 1.23.2 ships Sentry DSNs (backend
+and browser, with `send_default_pii`), which we blank in every spelling its `get_env` reads
+(LABEL_STUDIO_*, HEARTEX_*, bare); the data dir, whose `label_studio.sqlite3` holds the API token, is kept
+0700 and the server runs under umask 077 so whatever it creates there is private.
+
 The admin user and its legacy API token are created on the first start of a data dir from environment
 variables (LABEL_STUDIO_USERNAME / _PASSWORD / _USER_TOKEN), never from command-line arguments, so the
 token does not show in `ps` output or in anything we print.
@@ -27,6 +32,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from annotation.errors import AnnotationError
 
@@ -34,6 +40,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BINARY_ENV = "HV_LABEL_STUDIO_BIN"
 DEFAULT_USERNAME = "admin@localhost"
 LOOPBACK = "127.0.0.1"
+DATABASE_NAME = "label_studio.sqlite3"
+# Label Studio's settings read each of these through `get_env`, which tries LABEL_STUDIO_<name>, HEARTEX_<name>,
+# then <name>: an empty value in every spelling switches the error tracker off whatever the user's shell holds.
+SENTRY_SETTINGS = ("SENTRY_DSN", "FRONTEND_SENTRY_DSN")
+SETTING_PREFIXES = ("LABEL_STUDIO_", "HEARTEX_", "")
+# Label Studio 1.23.2's default SSRF block list (core/utils/io.py validate_ip) without 127.0.0.0/8.
+BANNED_SUBNETS = (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "169.254.0.0/16", "172.16.0.0/12", "192.0.0.0/24", "192.0.2.0/24",
+    "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4",
+    "233.252.0.0/24", "240.0.0.0/4", "255.255.255.255/32", "::/128", "::1/128", "::ffff:0:0/96", "::ffff:0:0:0/96",
+    "64:ff9b::/96", "64:ff9b:1::/48", "100::/64", "2001:0000::/32", "2001:20::/28", "2001:db8::/32", "2002::/16",
+    "fc00::/7", "fe80::/10", "ff00::/8",
+)  # fmt: skip
 
 
 def find_binary(explicit: str | None = None) -> Path:
@@ -79,6 +98,15 @@ def token_accepted(url: str, token: str, timeout: float = 5.0) -> bool | None:
         return None
 
 
+def make_private(data_dir: Path) -> None:
+    """The data dir 0700 and an existing database 0600: a folder made before (or copied) is tightened too."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    data_dir.chmod(0o700)
+    database = data_dir / DATABASE_NAME
+    if database.exists():
+        database.chmod(0o600)
+
+
 @dataclass
 class ServerSettings:
     data_dir: Path
@@ -118,11 +146,17 @@ class LabelStudioServer:
             LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true",
             LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true",
             LATEST_VERSION_CHECK="false",
+            # Label Studio refuses to call (ML backends, their webhooks, URLs) any reserved address, 127.0.0.1
+            # included, so it could not reach `hv annotate backend`. Same list, minus IPv4 loopback only: private
+            # networks, link-local (cloud metadata) and the rest stay blocked.
+            USE_DEFAULT_BANNED_SUBNETS="false",
+            USER_ADDITIONAL_BANNED_SUBNETS=",".join(BANNED_SUBNETS),
             COLLECT_ANALYTICS="false",
             LABEL_STUDIO_USERNAME=s.username,
             LABEL_STUDIO_PASSWORD=self._password,
             LABEL_STUDIO_USER_TOKEN=self._token,
         )
+        env.update({f"{prefix}{name}": "" for name in SENTRY_SETTINGS for prefix in SETTING_PREFIXES})
         return env
 
     def start(self, timeout_s: float = 240.0) -> str:
@@ -131,7 +165,7 @@ class LabelStudioServer:
         if not port_is_free(s.port):
             # Label Studio would silently move to another port; say so instead of serving somewhere unexpected.
             raise AnnotationError(f"port {s.port} on {LOOPBACK} is taken; pick another with --port")
-        s.data_dir.mkdir(parents=True, exist_ok=True)
+        make_private(s.data_dir)
         s.media_root.mkdir(parents=True, exist_ok=True)
         command = [
             str(binary),
@@ -157,6 +191,7 @@ class LabelStudioServer:
             stdout=output,
             stderr=subprocess.STDOUT if output is not None else None,
             start_new_session=True,  # our Ctrl-C handling stops the whole group, not a half of it
+            umask=0o077,  # the database (API token inside), exports and uploads it writes: owner only
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -199,6 +234,35 @@ class LabelStudioServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# A closed terminal (SIGHUP) or `kill` / a process manager (SIGTERM) must stop the server as Ctrl-C does;
+# their default action would end us and leave Label Studio, in its own session, running with parent 1.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _stop_signals_handled_by(handler: Any) -> Iterator[None]:
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def stop_signals_interrupt() -> contextlib.AbstractContextManager[None]:
+    """Inside: SIGTERM and SIGHUP raise KeyboardInterrupt, so the Ctrl-C path (a `finally: server.stop()`) runs."""
+    return _stop_signals_handled_by(_interrupt)
+
+
+def ignoring_stop_signals() -> contextlib.AbstractContextManager[None]:
+    """While the server is being stopped: a second SIGTERM must not cut the stop in half."""
+    return _stop_signals_handled_by(signal.SIG_IGN)
 
 
 @contextlib.contextmanager

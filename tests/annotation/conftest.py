@@ -138,3 +138,30 @@ def make_shards(folder: Path, count: int, seed: int = 0, with_labels: bool = Tru
             writer.write(sample)
             samples.append(sample)
     return samples
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (barely trained) pose + seg model: two steps of `hv train finetune` in this process."""
+    from train.finetune import load_finetune_config, run
+
+    folder = tmp_path_factory.mktemp("ckpt")
+    make_shards(folder / "train", 4, seed=11, size=(48, 64))
+    cfg = load_finetune_config(
+        "configs/finetune/multi_tiny.yaml",
+        [
+            f"data.shards={folder / 'train'}",
+            "tasks=[pose,seg]",
+            "pose.keypoint_set=coco17",
+            "steps=2",
+            "optim.warmup_steps=0",
+            "batch_size=2",
+            "model.image_size=[64,48]",
+            "model.depth=1",
+            "model.head_channels=16",
+            "progress=false",
+            "tensorboard=false",
+        ],
+    )
+    run(cfg, str(folder / "run"))
+    return folder / "run"

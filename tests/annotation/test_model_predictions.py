@@ -16,33 +16,6 @@ from data_engine.shards import iter_samples
 from .conftest import TEST_TOKEN, make_shards
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real (barely trained) pose + seg model: two steps of `hv train finetune` in this process."""
-    from train.finetune import load_finetune_config, run
-
-    folder = tmp_path_factory.mktemp("ckpt")
-    make_shards(folder / "train", 4, seed=11, size=(48, 64))
-    cfg = load_finetune_config(
-        "configs/finetune/multi_tiny.yaml",
-        [
-            f"data.shards={folder / 'train'}",
-            "tasks=[pose,seg]",
-            "pose.keypoint_set=coco17",
-            "steps=2",
-            "optim.warmup_steps=0",
-            "batch_size=2",
-            "model.image_size=[64,48]",
-            "model.depth=1",
-            "model.head_channels=16",
-            "progress=false",
-            "tensorboard=false",
-        ],
-    )
-    run(cfg, str(folder / "run"))
-    return folder / "run"
-
-
 def test_model_predictor_matches_the_model_and_the_boxes(checkpoint: Path, tmp_path: Path) -> None:
     from train.predictor import Predictor
 
