@@ -209,10 +209,13 @@ class RenderWorker:
         key = key_from_params(synth_meta)
         pose = annotate.pose_label(subject.landmarks, params.camera, out.depth, out.mask)
         bbox = annotate.mask_bbox(out.mask)
+        camera = params.camera.as_json()
+        if subject.scan_to_world is not None:  # not part of the key: it follows from the scan and its settings
+            camera["scan_to_world"] = subject.scan_to_world.tolist()
         meta = {
             "source": {"uri": subject.uri, "sha256": subject.params.get("sha256")},
             "persons": [] if bbox is None else [{"bbox": list(bbox), "score": 1.0, "detector": "synth"}],
-            "camera": params.camera.as_json(),
+            "camera": camera,
             "split": split,
             "synth": synth_meta,
         }

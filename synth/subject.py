@@ -42,6 +42,9 @@ class Subject:
     landmarks: Landmarks | None = None
     params: dict = field(default_factory=dict)  # JSON-able: what made this subject (goes into each sample's json)
     warnings: list[str] = field(default_factory=list)
+    # Scans only: (4, 4) from the scan file's own axes, in metres (after units), to the render world, so that a
+    # user can project their own scan-frame points with K @ world_to_camera @ scan_to_world.
+    scan_to_world: np.ndarray | None = None
 
     @property
     def height_m(self) -> float:
