@@ -25,7 +25,7 @@ import trimesh
 from data_engine import schema
 from synth.config import UNIT_TO_METRES, ScanConfig
 from synth.render import SubjectGeometry
-from synth.subject import Landmarks, Subject, normalising_transform
+from synth.subject import Landmarks, Posed, Subject, normalising_transform
 
 MESH_EXTENSIONS = (".obj", ".glb", ".gltf", ".ply")
 
@@ -142,10 +142,14 @@ def load_scan(path: str, config: ScanConfig, sha256: str | None = None) -> Subje
         id=scan_id(path, sha256),
         kind="scan",
         uri=uri,
-        geometry=SubjectGeometry(
-            display=display, positions=positions, normals=normals, faces=faces, face_labels=face_labels
-        ),
-        landmarks=landmarks,
+        poses=[
+            Posed(
+                geometry=SubjectGeometry(
+                    display=display, positions=positions, normals=normals, faces=faces, face_labels=face_labels
+                ),
+                landmarks=landmarks,
+            )
+        ],
         params=params,
         warnings=warnings,
         scan_to_world=scan_to_world,
