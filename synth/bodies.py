@@ -1,11 +1,13 @@
 """Random parametric humans from the `anny` body model (Apache-2.0, works offline).
 
     model = BodyModel()                                   # ~3 s from anny's cache (first build ~35 s)
-    subject = model.sample(index=7, seed=0, config=BodyConfig())
+    subject = model.sample(index=7, seed=0, config=BodyConfig(), poses=4)
 
-Each body draws a phenotype (gender, age, muscle, weight, height, proportions) and a plausible pose
-(joint-angle ranges per bone, mirrored left/right), a skin tone and optional clothing colours painted
-into a texture through the model's UVs. Labels:
+Each body draws a phenotype (gender, age, muscle, weight, height, proportions), a skin tone and optional
+clothing colours painted into a texture through the model's UVs, then `poses` poses from the pose families
+of `synth/poses.py`, all posed in one batched anny call. Everything that depends only on anny's topology
+(part regions, UV raster, landmark names, the vertex-face incidence for normals) is built once per worker.
+Labels:
 - body parts (goliath28) from each vertex's strongest skinning bone, refined by anny's hand, foot,
   head and tongue masks; painted clothing is labelled Upper_Clothing / Lower_Clothing;
 - keypoints: anny's COCO regressor (COCO-17 + 6 foot points, the first 23 Goliath names) plus the

@@ -72,8 +72,8 @@ class BodyConfig:
     height: list[float] = field(default_factory=lambda: [0.1, 0.9])
     proportions: list[float] = field(default_factory=lambda: [0.2, 0.8])
     pose_scale: float = 1.0  # multiplies every joint angle of the pose families (synth/poses.py); 0 = rest pose
-    # Each body is one person (shape, skin, clothes) in several poses: a new pose every this many views. Posing
-    # is batched and the texture stays on the GPU, so more poses cost little; `views` gives one pose for all.
+    # Each body is one person (shape, skin, clothes) in ceil(views / views_per_pose) poses, its views spread evenly
+    # over them. Posing is batched and the texture stays on the GPU, so more poses cost little; `views` = one pose.
     views_per_pose: int = 1
     families: list[str] = field(default_factory=lambda: list(POSE_FAMILIES))  # pose families to draw from
     clothing_prob: float = 0.7  # chance of a coloured top and of coloured bottoms (labelled as clothing)

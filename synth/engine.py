@@ -91,7 +91,7 @@ def plan(config: SynthConfig, done: dict[str, dict]) -> tuple[list[SubjectTask],
 
 
 def poses_per_body(config: SynthConfig) -> int:
-    """A new pose every `bodies.views_per_pose` views (the last pose may get fewer views)."""
+    """ceil(views / bodies.views_per_pose): the views are spread evenly over them (`Subject.pose_of_view`)."""
     return -(-config.views // config.bodies.views_per_pose)
 
 

@@ -161,3 +161,23 @@ def test_views_of_lying_and_turned_away_bodies_have_valid_labels(tmp_path, famil
         assert np.all(near[visible[:, 1].astype(int), visible[:, 0].astype(int)])
         if family == "turned_away":
             assert kp[nose, 2] == 1  # in the picture, hidden behind the head
+
+
+def test_bad_pose_settings_fail_at_start_up(tmp_path, capsys):
+    out = str(tmp_path / "o")
+    assert hv("--bodies", "1", "--out", out, "bodies.families=[dancing]") == 2
+    assert "bodies.families" in capsys.readouterr().err
+    assert hv("--bodies", "1", "--out", out, "bodies.views_per_pose=0") == 2
+    assert "bodies.views_per_pose must be >= 1" in capsys.readouterr().err
+
+
+def test_views_are_spread_evenly_over_the_poses():
+    from synth.config import load_config
+    from synth.engine import poses_per_body
+    from synth.subject import Posed, Subject
+
+    config = load_config(None, ["views=4", "bodies.views_per_pose=2"])
+    subject = Subject(id="s", kind="body", uri="u", poses=[Posed(geometry=None)] * poses_per_body(config))  # type: ignore[arg-type]
+    assert [subject.pose_of_view(v, config.views) for v in range(4)] == [0, 0, 1, 1]
+    config = load_config(None, ["views=5", "bodies.views_per_pose=2"])
+    assert poses_per_body(config) == 3
