@@ -280,12 +280,13 @@ class BodyModel:
 
         size = self.texture_size
         # The UV rasterisation is per split face, whose order equals the model faces'.
-        texel = self.texel_face
-        image = np.where(texel[..., None] >= 0, face_colours[np.maximum(texel, 0)], 0.5)
-        noise = cv2.resize(rng.normal(0.0, 1.0, (16, 16)).astype(np.float32), (size, size), cv2.INTER_CUBIC)
-        fine = rng.normal(0.0, 1.0, (size, size)).astype(np.float32)
-        image = image * (1.0 + 0.06 * noise[..., None] + 0.02 * fine[..., None])
-        return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+        # float32 throughout: a body's texture is built once per body, and float64 doubled its cost.
+        colours = np.vstack([face_colours, [0.5, 0.5, 0.5]]).astype(np.float32) * 255.0  # last row: unused texels
+        image = colours[self.texel_face]  # -1 indexes the last row
+        noise = cv2.resize(rng.standard_normal((16, 16), dtype=np.float32), (size, size), cv2.INTER_CUBIC)
+        fine = rng.standard_normal((size, size), dtype=np.float32)
+        image *= (1.0 + 0.06 * noise + 0.02 * fine)[..., None]
+        return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
     def _landmark_names(self) -> list[str]:
         """COCO-23 from the regressor, then per hand and finger the Goliath joints `_finger_points` gives."""
@@ -326,7 +327,9 @@ class BodyModel:
     def _support(world: np.ndarray, points: np.ndarray) -> list[np.ndarray]:
         """Per landmark, 12 nearby surface vertices (every third one): joints lie inside the body, so a joint
         is seen when any of them is."""
-        d2 = ((points[:, None, :] - world[None, ::3, :]) ** 2).sum(-1)
+        surface = world[::3]
+        # |p - w|^2 = |p|^2 - 2 p.w + |w|^2, as one matrix product instead of a (K, V, 3) difference array.
+        d2 = (points**2).sum(1)[:, None] - 2.0 * points @ surface.T + (surface**2).sum(1)[None, :]
         return list(np.argpartition(d2, 12, axis=1)[:, :12] * 3)
 
 
