@@ -1,11 +1,13 @@
 """Random parametric humans from the `anny` body model (Apache-2.0, works offline).
 
     model = BodyModel()                                   # ~3 s from anny's cache (first build ~35 s)
-    subject = model.sample(index=7, seed=0, config=BodyConfig())
+    subject = model.sample(index=7, seed=0, config=BodyConfig(), poses=4)
 
-Each body draws a phenotype (gender, age, muscle, weight, height, proportions) and a plausible pose
-(joint-angle ranges per bone, mirrored left/right), a skin tone and optional clothing colours painted
-into a texture through the model's UVs. Labels:
+Each body draws a phenotype (gender, age, muscle, weight, height, proportions), a skin tone and optional
+clothing colours painted into a texture through the model's UVs, then `poses` poses from the pose families
+of `synth/poses.py`, all posed in one batched anny call. Everything that depends only on anny's topology
+(part regions, UV raster, landmark names, the vertex-face incidence for normals) is built once per worker.
+Labels:
 - body parts (goliath28) from each vertex's strongest skinning bone, refined by anny's hand, foot,
   head and tongue masks; painted clothing is labelled Upper_Clothing / Lower_Clothing;
 - keypoints: anny's COCO regressor (COCO-17 + 6 foot points, the first 23 Goliath names) plus the
@@ -21,13 +23,15 @@ from __future__ import annotations
 import colorsys
 
 import numpy as np
+import scipy.sparse
 import trimesh
 from PIL import Image
 
 from data_engine import schema
 from synth.config import BodyConfig
+from synth.poses import BodyPose, sample_pose
 from synth.render import SubjectGeometry
-from synth.subject import Landmarks, Subject, normalising_transform, subject_seed
+from synth.subject import Landmarks, Posed, Subject, normalising_transform, subject_seed
 
 # anny is z up and faces -y; the package's world is y up and faces +z: (x, y, z) -> (x, z, -y).
 ANNY_TO_WORLD = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
@@ -65,20 +69,6 @@ _REGION_CLASS = {
 _MASK_REGIONS = {"hand.L": ("hand", 0), "hand.R": ("hand", 1), "foot.L": ("foot", 0), "foot.R": ("foot", 1)}
 _HEAD_MASKS = ("head", "eye_back.L", "eye_front.L", "eye_back.R", "eye_front.R", "mouth_cavity")
 
-# Joint-angle ranges in degrees for the person's LEFT side, about anny's reference axes at each bone
-# (x: flexion in the sagittal plane, y: in the frontal plane, z: twist about the vertical).
-# Right-side bones use the mirror image (y and z negated).
-POSE_RANGES: dict[str, tuple[tuple[float, float], tuple[float, float], tuple[float, float]]] = {
-    "upperarm01": ((-60, 35), (-45, 35), (-30, 30)),
-    "lowerarm01": ((-110, 0), (-5, 5), (-20, 20)),
-    "wrist": ((-30, 30), (-20, 20), (-20, 20)),
-    "upperleg01": ((-60, 20), (-20, 6), (-15, 15)),
-    "lowerleg01": ((0, 90), (-3, 3), (-5, 5)),
-    "foot": ((-20, 20), (-5, 5), (-10, 10)),
-    "spine04": ((-8, 15), (-8, 8), (-15, 15)),
-    "spine02": ((-5, 15), (-8, 8), (-15, 15)),
-    "neck01": ((-15, 20), (-12, 12), (-35, 35)),
-}
 _FINGERS = {1: "thumb", 2: "forefinger", 3: "middle_finger", 4: "ring_finger", 5: "pinky_finger"}
 _SKIN_TONES = np.array(  # light to dark, sRGB
     [[255, 224, 196], [241, 194, 167], [224, 172, 130], [198, 134, 66], [141, 85, 36], [92, 51, 23]], dtype=np.float64
@@ -104,6 +94,22 @@ class BodyModel:
         indices = self.model.vertex_bone_indices.detach().cpu().numpy()
         self.vertex_bone = indices[np.arange(len(indices)), np.argmax(weights, axis=1)]
         self.face_region, self.face_side, self.tongue_faces = self._face_regions()
+        self.landmark_names = self._landmark_names()
+        # Vertex normals are sums of the adjacent faces' area-weighted normals: one sparse product per pose.
+        v_count, f_count = int(self.model.template_vertices.shape[-2]), len(self.faces)
+        rows, cols = self.faces.reshape(-1), np.repeat(np.arange(f_count), 3)
+        self._vertex_faces = scipy.sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(v_count, f_count))
+        self._finger_bones = {
+            (f, j, sfx): self.bone_labels.index(f"finger{f}-{j}{sfx}")
+            for f in _FINGERS
+            for j in (1, 2, 3)
+            for sfx in (".L", ".R")
+        }
+        self._fingertip_vertices = {
+            (f, sfx): np.flatnonzero(self.vertex_bone == self._finger_bones[f, 3, sfx])
+            for f in _FINGERS
+            for sfx in (".L", ".R")
+        }
         self._split_uv()
         self.texture_size = texture_size
         self.texel_face = self._rasterise_uv(texture_size)
@@ -160,11 +166,17 @@ class BodyModel:
 
     # ---------------------------------------------------------------------------------- one body
 
-    def sample(self, index: int, seed: int, config: BodyConfig) -> Subject:
+    def sample(self, index: int, seed: int, config: BodyConfig, poses: int = 1) -> Subject:
+        """Body `index` of `seed` in `poses` poses: one person (shape, skin, clothes), posed in one batch.
+
+        Pose k is drawn from its own seed, so asking for more poses never changes the first ones.
+        """
         rng = np.random.default_rng(subject_seed("body", seed, index))
         phenotype = {label: float(rng.uniform(*getattr(config, label))) for label in self.model.phenotype_labels}
-        pose = _sample_pose(rng, config.pose_scale)
-        vertices, keypoints, bone_heads = self._pose(phenotype, pose)
+        drawn = [
+            sample_pose(np.random.default_rng(subject_seed("pose", seed, index, k)), config.pose_scale, config.families)
+            for k in range(poses)
+        ]
         clothing = {
             "top": _random_colour(rng) if rng.random() < config.clothing_prob else None,
             "long_sleeves": bool(rng.random() < 0.4),
@@ -173,31 +185,39 @@ class BodyModel:
         }
         skin = _skin_tone(rng)
         face_labels, face_colours = self._labels_and_colours(clothing, skin)
-        texture = self._texture(face_colours, rng)
-
-        # Into the world frame: y up, feet on the ground, facing +z.
-        world = vertices @ ANNY_TO_WORLD.T
-        shift = normalising_transform(world)[:3, 3]
-        world += shift
-        keypoints = keypoints @ ANNY_TO_WORLD.T + shift
-        bone_heads = bone_heads @ ANNY_TO_WORLD.T + shift
-        body = trimesh.Trimesh(world, self.faces, process=False)
-        normals = np.asarray(body.vertex_normals, dtype=np.float64)
-        display = trimesh.Trimesh(world[self.split_vertex], self.split_faces, process=False)
         material = trimesh.visual.material.PBRMaterial(
-            baseColorTexture=Image.fromarray(texture),
+            baseColorTexture=Image.fromarray(self._texture(face_colours, rng)),
             baseColorFactor=[1.0, 1.0, 1.0, 1.0],  # floats: integers are read as 0-255
             metallicFactor=0.0,
             roughnessFactor=float(rng.uniform(0.5, 0.9)),
         )
-        display.visual = trimesh.visual.TextureVisuals(uv=self.split_uv, material=material)
-        display.vertex_normals = normals[self.split_vertex]  # smooth across UV seams
-        landmarks = self._landmarks(world, keypoints, bone_heads)
+        vertices, keypoints, bone_heads = self._pose(phenotype, drawn)
+        posed: list[Posed] = []
+        support: list[np.ndarray] | None = None  # surface vertices per landmark, chosen once per body
+        for pose, v, k, b in zip(drawn, vertices, keypoints, bone_heads, strict=True):
+            # Into the world frame: y up, feet (or whatever is lowest) on the ground, centred.
+            rotation = pose.rotation() @ ANNY_TO_WORLD
+            world = v @ rotation.T
+            shift = normalising_transform(world)[:3, 3]
+            world += shift
+            normals = self._vertex_normals(world)
+            display = trimesh.Trimesh(world[self.split_vertex], self.split_faces, process=False)
+            display.visual = trimesh.visual.TextureVisuals(uv=self.split_uv, material=material)
+            display.vertex_normals = normals[self.split_vertex]  # smooth across UV seams
+            points = np.concatenate([k @ rotation.T + shift, self._finger_points(world, b @ rotation.T + shift)])
+            if support is None:
+                support = self._support(world, points)
+            geometry = SubjectGeometry(
+                display=[display], positions=world, normals=normals, faces=self.faces, face_labels=face_labels
+            )
+            landmarks = Landmarks(
+                names=self.landmark_names, points=points, support=[world[n] for n in support], tolerance=0.01
+            )
+            posed.append(Posed(geometry=geometry, landmarks=landmarks, params=pose.as_json()))
         params = {
             "model": "anny",
             "index": index,
             "phenotype": {k: round(v, 6) for k, v in phenotype.items()},
-            "pose_deg": {k: [round(a, 4) for a in v] for k, v in pose.items()},
             "skin_rgb": [round(float(c), 4) for c in skin],
             "clothing": clothing,
         }
@@ -205,31 +225,32 @@ class BodyModel:
             id=f"body-{seed}-{index:06d}",
             kind="body",
             uri=f"anny://seed/{seed}/body/{index}",
-            geometry=SubjectGeometry(
-                display=[display], positions=world, normals=normals, faces=self.faces, face_labels=face_labels
-            ),
-            landmarks=landmarks,
+            poses=posed,
             params=params,
         )
 
-    def _pose(self, phenotype: dict[str, float], pose: dict[str, list[float]]):
+    def _pose(self, phenotype: dict[str, float], poses: list[BodyPose]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """All poses of one phenotype in one anny call: ((P, V, 3) vertices, (P, 23, 3) COCO points, (P, B, 3) bone
+        heads), in anny's frame. The phenotype's blend shapes are evaluated once and shared by the batch."""
         from scipy.spatial.transform import Rotation
 
         torch = self._torch
         dtype = self.model.template_vertices.dtype
+        bones = sorted({bone for pose in poses for bone in pose.joints} | {"spine04"})  # never an empty dict
         deltas = {}
-        for bone, angles in pose.items():
-            t = np.eye(4)
-            t[:3, :3] = Rotation.from_euler("xyz", angles, degrees=True).as_matrix()
-            deltas[bone] = torch.as_tensor(t, dtype=dtype)[None]
+        for bone in bones:
+            t = np.tile(np.eye(4), (len(poses), 1, 1))
+            angles = [pose.joints.get(bone, [0.0, 0.0, 0.0]) for pose in poses]
+            t[:, :3, :3] = Rotation.from_euler("xyz", angles, degrees=True).as_matrix()
+            deltas[bone] = torch.as_tensor(t, dtype=dtype)
         with torch.no_grad():
             out = self.model(
                 pose_parameters=deltas,
                 phenotype_kwargs={k: torch.tensor([v], dtype=dtype) for k, v in phenotype.items()},
             )
-            keypoints = self.regressor(out)[0].cpu().numpy()
-        vertices = out["vertices"][0].cpu().numpy().astype(np.float64)
-        bone_heads = out["bone_poses"][0, :, :3, 3].cpu().numpy().astype(np.float64)
+            keypoints = self.regressor(out).cpu().numpy()
+        vertices = out["vertices"].cpu().numpy().astype(np.float64)
+        bone_heads = out["bone_poses"][:, :, :3, 3].cpu().numpy().astype(np.float64)
         return vertices, keypoints.astype(np.float64), bone_heads
 
     def _labels_and_colours(self, clothing: dict, skin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -259,52 +280,57 @@ class BodyModel:
 
         size = self.texture_size
         # The UV rasterisation is per split face, whose order equals the model faces'.
-        texel = self.texel_face
-        image = np.where(texel[..., None] >= 0, face_colours[np.maximum(texel, 0)], 0.5)
-        noise = cv2.resize(rng.normal(0.0, 1.0, (16, 16)).astype(np.float32), (size, size), cv2.INTER_CUBIC)
-        fine = rng.normal(0.0, 1.0, (size, size)).astype(np.float32)
-        image = image * (1.0 + 0.06 * noise[..., None] + 0.02 * fine[..., None])
-        return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+        # float32 throughout: a body's texture is built once per body, and float64 doubled its cost.
+        colours = np.vstack([face_colours, [0.5, 0.5, 0.5]]).astype(np.float32) * 255.0  # last row: unused texels
+        image = colours[self.texel_face]  # -1 indexes the last row
+        noise = cv2.resize(rng.standard_normal((16, 16), dtype=np.float32), (size, size), cv2.INTER_CUBIC)
+        fine = rng.standard_normal((size, size), dtype=np.float32)
+        image *= (1.0 + 0.06 * noise + 0.02 * fine)[..., None]
+        return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
-    def _landmarks(self, world: np.ndarray, coco: np.ndarray, bone_heads: np.ndarray) -> Landmarks:
+    def _landmark_names(self) -> list[str]:
+        """COCO-23 from the regressor, then per hand and finger the Goliath joints `_finger_points` gives."""
         names = list(self.coco_names)
-        points = [p for p in coco]
-        for side, suffix in (("left", ".L"), ("right", ".R")):
-            for finger, goliath in _FINGERS.items():
-                heads = [bone_heads[self.bone_labels.index(f"finger{finger}-{j}{suffix}")] for j in (1, 2, 3)]
-                last = self.bone_labels.index(f"finger{finger}-3{suffix}")
-                tip_vertices = world[self.vertex_bone == last]
-                direction = heads[2] - heads[1]
-                tip = tip_vertices[np.argmax(tip_vertices @ direction)]
-                joints = {"third_joint": heads[0], "2": heads[1], "3": heads[2], "4": tip}
-                for part, point in joints.items():
-                    sep = "_" if part == "third_joint" else ""
-                    names.append(f"{side}_{goliath}{sep}{part}")
-                    points.append(point)
+        for side in ("left", "right"):
+            for goliath in _FINGERS.values():
+                names += [
+                    f"{side}_{goliath}_third_joint",
+                    f"{side}_{goliath}2",
+                    f"{side}_{goliath}3",
+                    f"{side}_{goliath}4",
+                ]
         index = schema.keypoint_index()
         missing = [n for n in names if n not in index]
         if missing:
             raise RuntimeError(f"anny keypoint names not in the Goliath set: {missing}")
-        pts = np.stack(points)
-        # Joints lie inside the body: a joint is seen when any of its nearest surface vertices is.
-        d2 = ((pts[:, None, :] - world[None, ::3, :]) ** 2).sum(-1)
-        nearest = np.argsort(d2, axis=1)[:, :12] * 3
-        return Landmarks(names=names, points=pts, support=[world[n] for n in nearest], tolerance=0.01)
+        return names
 
+    def _finger_points(self, world: np.ndarray, bone_heads: np.ndarray) -> np.ndarray:
+        """(40, 3): finger joints are bone heads; a fingertip is the last bone's vertex farthest along it."""
+        points = []
+        for suffix in (".L", ".R"):
+            for finger in _FINGERS:
+                heads = [bone_heads[self._finger_bones[finger, j, suffix]] for j in (1, 2, 3)]
+                tip_vertices = world[self._fingertip_vertices[finger, suffix]]
+                tip = tip_vertices[np.argmax(tip_vertices @ (heads[2] - heads[1]))]
+                points += [heads[0], heads[1], heads[2], tip]
+        return np.stack(points)
 
-def _sample_pose(rng: np.random.Generator, scale: float) -> dict[str, list[float]]:
-    pose: dict[str, list[float]] = {}
-    for bone, ranges in POSE_RANGES.items():
-        angles = [float(rng.uniform(lo, hi)) * scale for lo, hi in ranges]
-        if bone.startswith("spine") or bone.startswith("neck"):
-            pose[bone] = angles
-            continue
-        pose[f"{bone}.L"] = angles
-        # The mirror image through the x = 0 plane keeps x rotations and negates y and z rotations; the
-        # right side draws its own angles so that the two sides differ.
-        right = [float(rng.uniform(lo, hi)) * scale for lo, hi in ranges]
-        pose[f"{bone}.R"] = [right[0], -right[1], -right[2]]
-    return pose
+    def _vertex_normals(self, vertices: np.ndarray) -> np.ndarray:
+        """(V, 3) unit normals of the posed mesh (V, 3), weighted by face area."""
+        corners = vertices[self.faces]
+        face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+        normals = self._vertex_faces @ face_normals
+        return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+
+    @staticmethod
+    def _support(world: np.ndarray, points: np.ndarray) -> list[np.ndarray]:
+        """Per landmark, 12 nearby surface vertices (every third one): joints lie inside the body, so a joint
+        is seen when any of them is."""
+        surface = world[::3]
+        # |p - w|^2 = |p|^2 - 2 p.w + |w|^2, as one matrix product instead of a (K, V, 3) difference array.
+        d2 = (points**2).sum(1)[:, None] - 2.0 * points @ surface.T + (surface**2).sum(1)[None, :]
+        return list(np.argpartition(d2, 12, axis=1)[:, :12] * 3)
 
 
 def _skin_tone(rng: np.random.Generator) -> np.ndarray:

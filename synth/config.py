@@ -13,6 +13,8 @@ from typing import Literal
 
 from omegaconf import OmegaConf
 
+from synth.poses import POSE_FAMILIES, check_families
+
 Units = Literal["m", "dm", "cm", "mm"]
 UNIT_TO_METRES: dict[str, float] = {"m": 1.0, "dm": 0.1, "cm": 0.01, "mm": 0.001}
 UpAxis = Literal["x", "y", "z", "-x", "-y", "-z"]
@@ -69,7 +71,11 @@ class BodyConfig:
     weight: list[float] = field(default_factory=lambda: [0.1, 0.9])
     height: list[float] = field(default_factory=lambda: [0.1, 0.9])
     proportions: list[float] = field(default_factory=lambda: [0.2, 0.8])
-    pose_scale: float = 1.0  # multiplies every joint-angle range; 0 = rest pose
+    pose_scale: float = 1.0  # multiplies every joint angle of the pose families (synth/poses.py); 0 = rest pose
+    # Each body is one person (shape, skin, clothes) in ceil(views / views_per_pose) poses, its views spread evenly
+    # over them. Posing is batched and the texture stays on the GPU, so more poses cost little; `views` = one pose.
+    views_per_pose: int = 1
+    families: list[str] = field(default_factory=lambda: list(POSE_FAMILIES))  # pose families to draw from
     clothing_prob: float = 0.7  # chance of a coloured top and of coloured bottoms (labelled as clothing)
     texture_size: int = 512
 
@@ -182,6 +188,12 @@ def check_config(config: SynthConfig) -> None:
     body = config.bodies
     for name in ("age", "gender", "muscle", "weight", "height", "proportions"):
         check_range(f"bodies.{name}", getattr(body, name), 0.0, 1.0)
+    try:
+        check_families(body.families)
+    except ValueError as e:
+        raise ConfigError(f"bodies.families: {e}") from None
+    if body.views_per_pose < 1:
+        raise ConfigError(f"bodies.views_per_pose must be >= 1, got {body.views_per_pose}")
     if not 0.0 <= body.clothing_prob <= 1.0:
         raise ConfigError(f"bodies.clothing_prob must be within [0, 1], got {body.clothing_prob}")
     if config.scan.min_height_m >= config.scan.max_height_m:

@@ -90,6 +90,11 @@ def plan(config: SynthConfig, done: dict[str, dict]) -> tuple[list[SubjectTask],
     return tasks, refused
 
 
+def poses_per_body(config: SynthConfig) -> int:
+    """ceil(views / bodies.views_per_pose): the views are spread evenly over them (`Subject.pose_of_view`)."""
+    return -(-config.views // config.bodies.views_per_pose)
+
+
 def _short_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -144,7 +149,8 @@ class RenderWorker:
                 subject = load_scan(task.uri, self.config.scan, task.sha256)
                 subject.id = task.subject
             else:
-                subject = self._get_bodies().sample(task.index, self.config.seed, self.config.bodies)
+                poses = poses_per_body(self.config)
+                subject = self._get_bodies().sample(task.index, self.config.seed, self.config.bodies, poses=poses)
             row["warnings"] = "; ".join(subject.warnings) or None
             shards, keys = self._render_subject(subject, prefix, row["split"])
         except ScanError as e:
@@ -162,10 +168,15 @@ class RenderWorker:
 
         renderer = self._get_renderer()
         loaded = renderer.load(subject.geometry)
+        shown = 0  # the pose on the GPU; later poses replace its vertices and keep its textures
         keys: list[str] = []
         try:
             with ShardWriter(prefix, max_count=self.config.shard_max_count, start_index=0) as writer:
                 for view in range(self.config.views):
+                    pose = subject.pose_of_view(view, self.config.views)
+                    if pose != shown:
+                        renderer.repose(loaded, subject.poses[pose].geometry)
+                        shown = pose
                     sample = self.render_view(subject, loaded, view, split)
                     writer.write(sample)
                     keys.append(sample.key)
@@ -180,6 +191,7 @@ class RenderWorker:
         from synth.views import list_backgrounds, make_background, sample_view
 
         cfg = self.config
+        posed = subject.poses[subject.pose_of_view(view, cfg.views)]
         rng = np.random.default_rng(subject_seed("view", subject.id, cfg.seed, view))
         if self._backgrounds is None:  # listed once per worker: a background folder can hold many files
             self._backgrounds = list_backgrounds(cfg.background.dir)
@@ -188,8 +200,8 @@ class RenderWorker:
             rng,
             cfg.width,
             cfg.height,
-            subject.centre,
-            subject.height_m,
+            posed.centre,
+            posed.extent_m,
             cfg.camera,
             cfg.lights,
             backgrounds,
@@ -206,13 +218,18 @@ class RenderWorker:
             "view_params": params.as_json(),
             "size": [cfg.width, cfg.height],
         }
+        if posed.params:  # a body's pose (a scan has one fixed pose and no parameters)
+            synth_meta["pose"] = posed.params
         key = key_from_params(synth_meta)
-        pose = annotate.pose_label(subject.landmarks, params.camera, out.depth, out.mask)
+        pose = annotate.pose_label(posed.landmarks, params.camera, out.depth, out.mask)
         bbox = annotate.mask_bbox(out.mask)
+        camera = params.camera.as_json()
+        if subject.scan_to_world is not None:  # not part of the key: it follows from the scan and its settings
+            camera["scan_to_world"] = subject.scan_to_world.tolist()
         meta = {
             "source": {"uri": subject.uri, "sha256": subject.params.get("sha256")},
             "persons": [] if bbox is None else [{"bbox": list(bbox), "score": 1.0, "detector": "synth"}],
-            "camera": params.camera.as_json(),
+            "camera": camera,
             "split": split,
             "synth": synth_meta,
         }

@@ -4,6 +4,7 @@
     loaded = renderer.load(geometry)                 # a SubjectGeometry: meshes bound to this GL context
     out = renderer.render(loaded, camera, lights, background, ambient=0.2)
     out.rgb, out.depth, out.normal, out.mask, out.labels
+    renderer.repose(loaded, other_pose)             # same subject, new vertices: textures stay on the GPU
     renderer.unload(loaded); renderer.delete()
 
 RGB comes from pyrender (PBR shading, 4x MSAA) and is composited over the background by its coverage.
@@ -137,14 +138,7 @@ class Renderer:
         loaded = LoadedSubject(has_labels=geometry.face_labels is not None)
         for mesh in geometry.display:
             loaded.scene_nodes.append(self.scene.add(pyrender.Mesh.from_trimesh(mesh, smooth=True)))
-        # Un-indexed triangles so that a label belongs to a whole triangle (no blending across part borders).
-        faces = np.asarray(geometry.faces, dtype=np.int64)
-        labels = geometry.face_labels if geometry.face_labels is not None else np.zeros(len(faces), np.uint8)
-        corners = faces.reshape(-1)
-        data = np.empty((len(corners), 7), dtype=np.float32)
-        data[:, 0:3] = geometry.positions[corners]
-        data[:, 3:6] = geometry.normals[corners]
-        data[:, 6] = np.repeat(labels.astype(np.float32), 3)
+        data = _vertex_data(geometry)
         self._make_current()
         loaded.vao = int(GL.glGenVertexArrays(1))
         loaded.vbo = int(GL.glGenBuffers(1))
@@ -156,8 +150,39 @@ class Renderer:
             GL.glEnableVertexAttribArray(location)
             GL.glVertexAttribPointer(location, size, GL.GL_FLOAT, GL.GL_FALSE, stride, ctypes.c_void_p(offset * 4))
         GL.glBindVertexArray(0)
-        loaded.vertex_count = len(corners)
+        loaded.vertex_count = len(data)
         return loaded
+
+    def repose(self, loaded: LoadedSubject, geometry: SubjectGeometry) -> None:
+        """Swap in another pose of the loaded subject: same faces, UVs, materials and labels, new vertices.
+
+        The new primitives share the old ones' materials, so pyrender keeps their textures on the GPU (uploading
+        a texture and building its mipmaps costs more than rendering a small view).
+        """
+        from OpenGL import GL
+
+        if len(geometry.display) != len(loaded.scene_nodes):
+            raise ValueError(f"repose needs {len(loaded.scene_nodes)} display meshes, got {len(geometry.display)}")
+        for i, (node, mesh) in enumerate(zip(loaded.scene_nodes, geometry.display, strict=True)):
+            (old,) = node.mesh.primitives  # from_trimesh makes one primitive per trimesh
+            primitive = pyrender.Primitive(
+                positions=np.asarray(mesh.vertices, np.float32),
+                normals=np.asarray(mesh.vertex_normals, np.float32),
+                texcoord_0=old.texcoord_0,
+                color_0=old.color_0,
+                indices=old.indices,
+                material=old.material,
+                mode=old.mode,
+            )
+            self.scene.remove_node(node)
+            loaded.scene_nodes[i] = self.scene.add(pyrender.Mesh(primitives=[primitive]))
+        data = _vertex_data(geometry)
+        if len(data) != loaded.vertex_count:
+            raise ValueError(f"repose needs {loaded.vertex_count // 3} faces, got {len(data) // 3}")
+        self._make_current()
+        GL.glBindBuffer(GL.GL_ARRAY_BUFFER, loaded.vbo)
+        GL.glBufferSubData(GL.GL_ARRAY_BUFFER, 0, data.nbytes, data)
+        GL.glBindBuffer(GL.GL_ARRAY_BUFFER, 0)
 
     def unload(self, loaded: LoadedSubject) -> None:
         from OpenGL import GL
@@ -286,6 +311,19 @@ class Renderer:
 
     def __exit__(self, *exc) -> None:
         self.delete()
+
+
+def _vertex_data(geometry: SubjectGeometry) -> np.ndarray:
+    """(3F, 7) float32 un-indexed triangles (position, normal, label), so that a label belongs to a whole
+    triangle (no blending across part borders)."""
+    faces = np.asarray(geometry.faces, dtype=np.int64)
+    labels = geometry.face_labels if geometry.face_labels is not None else np.zeros(len(faces), np.uint8)
+    corners = faces.reshape(-1)
+    data = np.empty((len(corners), 7), dtype=np.float32)
+    data[:, 0:3] = geometry.positions[corners]
+    data[:, 3:6] = geometry.normals[corners]
+    data[:, 6] = np.repeat(labels.astype(np.float32), 3)
+    return data
 
 
 def _pyrender_light(light: LightSpec):

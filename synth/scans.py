@@ -25,7 +25,7 @@ import trimesh
 from data_engine import schema
 from synth.config import UNIT_TO_METRES, ScanConfig
 from synth.render import SubjectGeometry
-from synth.subject import Landmarks, Subject, normalising_transform
+from synth.subject import Landmarks, Posed, Subject, normalising_transform
 
 MESH_EXTENSIONS = (".obj", ".glb", ".gltf", ".ply")
 
@@ -107,7 +107,8 @@ def load_scan(path: str, config: ScanConfig, sha256: str | None = None) -> Subje
         if note:
             warnings.append(f"{name} part {i}: {note}" if len(meshes) > 1 else f"{name}: {note}")
 
-    transform = up_axis_rotation(up) @ np.diag([UNIT_TO_METRES[units]] * 3 + [1.0])
+    to_metres = np.diag([UNIT_TO_METRES[units]] * 3 + [1.0])
+    transform = up_axis_rotation(up) @ to_metres
     positions = np.concatenate([np.asarray(m.vertices, np.float64) for m in meshes])
     positions = trimesh.transform_points(positions, transform)
     height = float(np.ptp(positions[:, 1]))
@@ -118,7 +119,8 @@ def load_scan(path: str, config: ScanConfig, sha256: str | None = None) -> Subje
             f"{name}: implausible size for a person: {height:.4g} m tall with units={units!r} "
             f"(allowed {config.min_height_m}-{config.max_height_m} m){hint}"
         )
-    transform = normalising_transform(positions) @ transform
+    scan_to_world = normalising_transform(positions) @ up_axis_rotation(up)  # the world, from metres in file axes
+    transform = scan_to_world @ to_metres
     positions = trimesh.transform_points(positions, normalising_transform(positions))
 
     rotation = transform[:3, :3] / UNIT_TO_METRES[units]
@@ -140,12 +142,17 @@ def load_scan(path: str, config: ScanConfig, sha256: str | None = None) -> Subje
         id=scan_id(path, sha256),
         kind="scan",
         uri=uri,
-        geometry=SubjectGeometry(
-            display=display, positions=positions, normals=normals, faces=faces, face_labels=face_labels
-        ),
-        landmarks=landmarks,
+        poses=[
+            Posed(
+                geometry=SubjectGeometry(
+                    display=display, positions=positions, normals=normals, faces=faces, face_labels=face_labels
+                ),
+                landmarks=landmarks,
+            )
+        ],
         params=params,
         warnings=warnings,
+        scan_to_world=scan_to_world,
     )
 
 

@@ -34,14 +34,15 @@ class Landmarks:
 
 
 @dataclass
-class Subject:
-    id: str  # unique and stable: shard prefix and manifest row
-    kind: SubjectKind
-    uri: str
+class Posed:
+    """One pose of a subject: what the renderer draws and where its landmarks are.
+
+    params: JSON-able description of the pose (written into each of its views' json), {} for a scan
+    """
+
     geometry: SubjectGeometry
     landmarks: Landmarks | None = None
-    params: dict = field(default_factory=dict)  # JSON-able: what made this subject (goes into each sample's json)
-    warnings: list[str] = field(default_factory=list)
+    params: dict = field(default_factory=dict)
 
     @property
     def height_m(self) -> float:
@@ -49,9 +50,53 @@ class Subject:
         return float(y.max() - y.min())
 
     @property
+    def extent_m(self) -> float:
+        """The largest side of the bounding box: what a camera must frame (a lying body is long, not tall)."""
+        return float(np.ptp(self.geometry.positions, axis=0).max())
+
+    @property
     def centre(self) -> np.ndarray:
         lo, hi = self.geometry.positions.min(0), self.geometry.positions.max(0)
         return (lo + hi) / 2.0
+
+
+@dataclass
+class Subject:
+    """A person to render in one or more poses (a scan has one; a parametric body may have several).
+
+    All poses share topology, UVs, materials and part labels, so the renderer keeps its textures between them.
+    """
+
+    id: str  # unique and stable: shard prefix and manifest row
+    kind: SubjectKind
+    uri: str
+    poses: list[Posed]
+    params: dict = field(default_factory=dict)  # JSON-able: what made this subject (goes into each sample's json)
+    warnings: list[str] = field(default_factory=list)
+    # Scans only: (4, 4) from the scan file's own axes, in metres (after units), to the render world, so that a
+    # user can project their own scan-frame points with K @ world_to_camera @ scan_to_world.
+    scan_to_world: np.ndarray | None = None
+
+    @property
+    def geometry(self) -> SubjectGeometry:
+        """The first pose's geometry (a scan's only one)."""
+        return self.poses[0].geometry
+
+    @property
+    def landmarks(self) -> Landmarks | None:
+        return self.poses[0].landmarks
+
+    @property
+    def height_m(self) -> float:
+        return self.poses[0].height_m
+
+    @property
+    def centre(self) -> np.ndarray:
+        return self.poses[0].centre
+
+    def pose_of_view(self, view: int, views: int) -> int:
+        """Views are spread evenly over the poses: with 4 views and 2 poses, views 0-1 show pose 0."""
+        return min(view * len(self.poses) // views, len(self.poses) - 1)
 
 
 def normalising_transform(positions: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import ndimage
 
+from data_engine import schema
 from data_engine.shards import expand, iter_samples
 from humanvision_cli import main
 from synth.config import load_config
@@ -245,3 +247,43 @@ def test_split_is_per_subject_stable_and_follows_the_fraction():
     assert all(split_of(i, 0.0) == "train" for i in ids) and all(split_of(i, 1.0) == "heldout" for i in ids)
     # Growing the held-out fraction only moves subjects from train to held-out, never back.
     assert all(split_of(i, 0.2) == "heldout" for i, h in zip(ids, held, strict=True) if h)
+
+
+def test_scan_to_world_projects_scan_frame_points_onto_the_render(tmp_path, textured_person, write_obj):
+    """K @ world_to_camera @ scan_to_world takes points in the scan's own frame (metres) to the pixels drawn."""
+    mesh = textured_person(1.7)  # z up, in metres
+    mesh.apply_translation([0.4, -0.3, 0.05])  # off-centre and below the floor in its own frame
+    mesh.apply_scale(1000.0)  # stored in millimetres
+    file_vertices = np.asarray(mesh.vertices) / 1000.0  # the file's frame, after units
+    top, side = int(np.argmax(file_vertices[:, 2])), int(np.argmax(file_vertices[:, 0]))
+    path = write_obj(tmp_path, "gus", mesh)
+    landmarks = {"nose": (file_vertices[top] * 1000).tolist(), "left_ear": (file_vertices[side] * 1000).tolist()}
+    (tmp_path / "gus" / "gus.json").write_text(json.dumps({"landmarks": landmarks}))
+    cfg = load_config(None, ["inline=true", "scan.up_axis=z", "scan.units=mm", "views=3", "width=128", "height=96"])
+    cfg.out, cfg.scans = str(tmp_path / "out"), [path]
+    assert run_job(cfg, log=lambda _: None).done == 1
+
+    got = samples(tmp_path / "out")
+    assert len(got) == 3
+    checked = 0
+    for s in got:
+        cam = s.meta["camera"]
+        projection = np.array(cam["K"]) @ (np.array(cam["world_to_camera"]) @ np.array(cam["scan_to_world"]))[:3]
+        homogeneous = np.c_[file_vertices, np.ones(len(file_vertices))] @ projection.T
+        uv = homogeneous[:, :2] / homogeneous[:, 2:]
+        # The scan's landmarks, given in its own frame, land on the keypoints the job wrote.
+        kp = s.pose.persons[0].keypoints
+        index = schema.keypoint_index()
+        for name, vertex in (("nose", top), ("left_ear", side)):
+            k = index[name]
+            if kp[k, 2] > 0:
+                assert np.allclose(kp[k, :2], uv[vertex], atol=1e-3)
+                checked += 1
+        # Every projected vertex lies on the rendered mask (within a pixel), and the silhouette's box is theirs.
+        inside = (uv[:, 0] >= 0) & (uv[:, 0] < 128) & (uv[:, 1] >= 0) & (uv[:, 1] < 96)
+        near = ndimage.binary_dilation(s.mask, iterations=1)
+        assert np.all(near[uv[inside, 1].astype(int), uv[inside, 0].astype(int)])
+        x0, y0, x1, y1 = s.meta["persons"][0]["bbox"]
+        lo, hi = np.clip(uv.min(0), 0, [128, 96]), np.clip(uv.max(0), 0, [128, 96])
+        assert np.allclose([x0, y0], lo, atol=1.0) and np.allclose([x1, y1], hi, atol=1.0)
+    assert checked >= 3

@@ -177,3 +177,25 @@ def test_renderer_rejects_mismatched_inputs(renderer):
         renderer.unload(loaded)
     with pytest.raises(ValueError, match="positive"):
         Renderer(0, 10)
+
+
+def test_repose_moves_the_geometry_and_keeps_the_materials(renderer):
+    sphere = trimesh.creation.icosphere(subdivisions=4, radius=0.4)
+    moved = sphere.copy()
+    moved.apply_translation([0.5, 0.0, 0.0])
+    lights = [LightSpec("directional", (1.0, 1.0, 1.0), 3.0, np.eye(4))]
+    background = np.zeros((H, W, 3), np.uint8)
+    loaded = renderer.load(geometry(sphere))
+    try:
+        material = loaded.scene_nodes[0].mesh.primitives[0].material
+        renderer.repose(loaded, geometry(moved))
+        after = renderer.render(loaded, camera(), lights, background)
+        assert loaded.scene_nodes[0].mesh.primitives[0].material is material  # textures stay uploaded
+        with pytest.raises(ValueError, match="repose needs"):
+            renderer.repose(loaded, geometry(trimesh.creation.box()))
+    finally:
+        renderer.unload(loaded)
+    fresh = render(renderer, moved)  # the moved mesh loaded from scratch: both passes must agree with it
+    assert after.mask.sum() > 1000 and np.array_equal(after.mask, fresh.mask)
+    assert np.allclose(after.depth, fresh.depth) and np.allclose(after.normal, fresh.normal, atol=1e-5)
+    assert np.abs(after.rgb.astype(int) - fresh.rgb.astype(int)).max() <= 1

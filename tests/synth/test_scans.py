@@ -106,6 +106,9 @@ def test_sidecar_landmarks_and_labels(tmp_path, textured_person, write_obj):
     assert subject.landmarks.names == ["nose", "left_wrist"]
     # z-up decimetres -> y-up metres, feet on the ground: z 15 dm -> y = 1.5 + 0.85 (the capsule's half height)
     assert subject.landmarks.points[0][1] == pytest.approx(1.5 + 0.85, abs=1e-6)
+    # scan_to_world takes the file's vertices, in metres, to the rendered positions.
+    file_metres = np.asarray(trimesh.load(path, process=False).vertices) * 0.1
+    assert np.allclose(trimesh.transform_points(file_metres, subject.scan_to_world), subject.geometry.positions)
     ids = {n: i for i, n in enumerate(schema.vocabulary("goliath28").names)}
     assert set(np.unique(subject.geometry.face_labels)) <= {ids["Torso"], ids["Face_Neck"]}
 
