@@ -116,11 +116,12 @@ def _main(args: argparse.Namespace) -> int:
         print(f"hv synth: --backgrounds {config.background.dir}: no such folder", file=sys.stderr)
         return 2
 
+    from data_engine.ray_runtime import RayConnectError
     from synth.engine import OutputMismatch, run_job
 
     try:
         summary = run_job(config, log=lambda msg: print(msg, file=sys.stderr))
-    except (OutputMismatch, FileNotFoundError) as e:
+    except (OutputMismatch, FileNotFoundError, RayConnectError) as e:
         print(f"hv synth: {e}", file=sys.stderr)
         return 2
     print(

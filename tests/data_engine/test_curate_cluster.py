@@ -159,3 +159,16 @@ def test_synth_on_a_two_node_cluster_equals_an_inline_run(cluster, tmp_path):
     assert joined.returncode == 0, joined.stderr[-2000:]
     want = _members_by_key(tmp_path / "inline")
     assert len(want) == 4 and _members_by_key(tmp_path / "cluster") == want
+
+    # Without the cluster's token: one line of ours and exit 2, as for curate.
+    no_token = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
+    refused = subprocess.run(
+        [*base, "--out", str(tmp_path / "refused"), "--ray-address", address],
+        env=no_token,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    last = refused.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"hv synth: --ray-address {address}: cannot join") and "RAY_AUTH_MODE=token" in last
