@@ -26,6 +26,8 @@ from data_engine.sample import Sample, SampleError, decode, encode
 BadSamplePolicy = Literal["raise", "skip"]
 _SHARD_RE = re.compile(r"^(?P<prefix>.+)-(?P<num>\d{6})\.tar$")
 _TMP_MARK = ".tmp-"
+# The largest member a reader accepts: a 50-megapixel 16-bit RGB normal map stored uncompressed is 300 MB.
+MAX_MEMBER_BYTES = 320 << 20
 
 
 # ------------------------------------------------------------------------------------------- file systems
@@ -342,9 +344,12 @@ def _split_name(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext
 
 
-def iter_members(path: str) -> Iterator[dict[str, Any]]:
+def iter_members(path: str, max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[dict[str, Any]]:
     """Stream one shard's samples as dicts of raw bytes per member, with `__key__` and `__url__` as str
     (the same dicts `webdataset.WebDataset` yields).
+
+    A GNU sparse member (a few KB that expand to any size) or one above `max_member_bytes` is never read:
+    its sample carries `__error__` with the reason, which `sample.decode` raises as a SampleError naming the key.
 
     Raises ShardError naming the shard if it is missing, truncated or not a tar.
     """
@@ -358,13 +363,18 @@ def iter_members(path: str) -> Iterator[dict[str, Any]]:
                 key, ext = _split_name(info.name)
                 if key.startswith("__") or not ext:
                     continue
-                f = tar.extractfile(info)
-                data = f.read() if f is not None else b""
+                refused = _refusal(info, max_member_bytes)
+                data = b""
+                if refused is None:
+                    f = tar.extractfile(info)
+                    data = f.read() if f is not None else b""
                 if key != current_key:
                     if current_key is not None:
                         yield current
                     current_key, current = key, {"__key__": key, "__url__": path}
                 current[ext] = data
+                if refused is not None:  # the sample is kept, unread, so that its readers report it by key
+                    current.setdefault("__error__", f"member {ext}: {refused}")
     except Exception as e:  # tarfile raises several types for truncated/corrupt input: report them as one
         raise ShardError(f"{path}: not a readable tar shard ({type(e).__name__}: {e})") from e
     if not _has_end_marker(path):
@@ -373,6 +383,16 @@ def iter_members(path: str) -> Iterator[dict[str, Any]]:
         raise ShardError(f"{path}: truncated tar shard (no end-of-archive marker after {current_key!r})")
     if current_key is not None:
         yield current
+
+
+def _refusal(info: tarfile.TarInfo, max_member_bytes: int) -> str | None:
+    """Why a member is not read, or None. `size` of a sparse member is its stored data; reading it expands
+    the holes to the declared size, so sparse members are refused whatever they declare."""
+    if info.issparse():
+        return "GNU sparse tar member refused (a shard writer never makes one; reading it expands the holes)"
+    if info.size > max_member_bytes:
+        return f"{info.size} bytes, over the member size cap of {max_member_bytes} (max_member_bytes)"
+    return None
 
 
 def _has_end_marker(path: str) -> bool:
