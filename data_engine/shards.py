@@ -317,18 +317,28 @@ class BadSample:
     shard: str
     key: str | None  # None when the shard itself broke before a key could be read
     reason: str
+    seen: int = 1  # times a report met it: a training stream reads its shards once per epoch
 
 
 @dataclass
 class ReadReport:
-    """What a read saw: good samples counted, bad ones listed with key and reason."""
+    """What a read saw: good samples counted, bad ones listed once each with key, reason and times seen."""
 
     samples: int = 0
     bad: list[BadSample] = field(default_factory=list)
-    # Called with each bad sample as it is found, for readers that log as they go (a training data slot).
+    # Called with each bad sample when first found, for readers that log as they go (a training data slot).
     on_bad: Callable[[BadSample], None] | None = None
+    _listed: dict[tuple[str, str], BadSample] = field(default_factory=dict, repr=False)
 
     def record(self, bad: BadSample) -> None:
+        # A sample is its (shard, key); a broken shard, its reason. Not (shard, key, reason): a codec's message
+        # may differ between reads (Pillow names the address of the buffer it was given).
+        identity = (bad.shard, bad.key if bad.key is not None else bad.reason)
+        listed = self._listed.get(identity)
+        if listed is not None:  # read again (a later epoch): counted, not listed twice
+            listed.seen += bad.seen
+            return
+        self._listed[identity] = bad
         self.bad.append(bad)
         if self.on_bad is not None:
             self.on_bad(bad)
@@ -368,7 +378,7 @@ def iter_members(path: str, max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterato
                 if refused is None:
                     f = tar.extractfile(info)
                     data = f.read() if f is not None else b""
-                if key != current_key:
+                if key != current_key or ext in current:  # a member met twice in a row starts a second copy
                     if current_key is not None:
                         yield current
                     current_key, current = key, {"__key__": key, "__url__": path}
@@ -417,6 +427,7 @@ def iter_samples(
     report: ReadReport | None = None,
     decoder: Callable[[dict[str, Any]], Any] = decode,
     select: Callable[[int], bool] | None = None,
+    unique_keys: bool = True,
 ) -> Iterator[Any]:
     """Yield decoded samples from shards.
 
@@ -425,8 +436,13 @@ def iter_samples(
     skipped; the samples before a truncation point are still yielded. Nothing is dropped silently.
     select: keep only the samples whose running index over all `paths` it accepts, decided before decoding
     (e.g. `lambda i: i % workers == worker` splits one stream between loader workers).
+    unique_keys: a key met again in this call is a bad sample ("duplicate key", the first one is kept), so an
+    eval never scores a sample twice and an epoch never trains on one twice. Every key of the call is kept in
+    a set (before `select`, so split readers agree on which copy is first; the reader owning the copy reports
+    it); `hv shards inspect` checks a whole shard set, which a reader only sees part of.
     """
     report = report if report is not None else ReadReport()
+    first_shard: dict[str, str] = {}
     index = -1
     for path in expand(paths):
         members_iter = iter_members(path)
@@ -441,9 +457,18 @@ def iter_samples(
                 report.record(BadSample(shard=path, key=None, reason=str(e)))
                 break
             index += 1
+            key = members["__key__"]
+            duplicate_of = first_shard.get(key) if unique_keys else None
+            if unique_keys and duplicate_of is None:
+                first_shard[key] = path
             if select is not None and not select(index):
                 continue
-            key = members["__key__"]
+            if duplicate_of is not None:
+                reason = f"{key}: duplicate key (first read from {duplicate_of}); this copy is not used"
+                if policy == "raise":
+                    raise SampleError(f"{path}: {reason}")
+                report.record(BadSample(shard=path, key=key, reason=reason))
+                continue
             try:
                 sample = decoder(members)
             except SampleError as e:

@@ -603,7 +603,7 @@ def _slot_batches(
 def _write_report(path: str, report) -> None:
     import json
 
-    bad = [{"shard": b.shard, "key": b.key, "reason": b.reason} for b in report.read.bad]
+    bad = [{"shard": b.shard, "key": b.key, "reason": b.reason, "seen": b.seen} for b in report.read.bad]
     with open(path + ".tmp", "w") as f:
         json.dump({"summary": report.summary(), "samples": report.samples, "rows": dict(report.items),
                    "unused_labels": dict(report.unused), "bad_samples": bad}, f, indent=1)  # fmt: skip
