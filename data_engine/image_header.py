@@ -15,9 +15,10 @@ import warnings
 
 from PIL import Image
 
-# 50 megapixels: above every common camera (a 45 MP full-frame sensor is 8192x5464) and 48x the 1024x1024
-# pretraining input; decoded as 16-bit RGB normals plus float32 (the costliest member) it is about 0.9 GB.
-MAX_PIXELS = 50_000_000
+# Pillow's own limit (89.5 MP) and curation's `decode.max_pixels` default, so that every image curation accepts
+# into a shard can be read back; above every camera sensor (a 45 MP one is 8192x5464). The 12000x12000 and
+# 10000x10000 bombs are over it; an honest 89 MP RGB image decodes to 270 MB.
+MAX_PIXELS = 89_478_485
 
 
 class ImageSizeError(ValueError):
