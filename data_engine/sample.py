@@ -390,24 +390,26 @@ def decode(
     meta = member("json", lambda b: json.loads(b.decode("utf-8")))
     if not isinstance(meta, dict):
         raise SampleError(f"{key}: json member must be an object")
-    size = _declared_size(meta)
-    size = member(fmt, lambda b: check_size(b, max_pixels, size))
-    for name in LABEL_MEMBERS:
+    declared = _declared_size(meta)
+    image_size = member(fmt, lambda b: check_size(b, max_pixels, declared))
+    for name in LABEL_MEMBERS:  # every dense label has the image's size: checked before any is decoded
         if name.endswith(".png") and name in members:
-            member(name, lambda b: check_size(b, max_pixels, size))
-    image_bytes = _as_bytes(members[fmt])
-    image = member(fmt, decode_image)
+            member(name, lambda b: check_size(b, max_pixels, image_size))
+
+    def pixels(name: str, codec):
+        return member(name, lambda b: codec(b, max_pixels)) if name in members else None
+
     sample = Sample(
         key=key,
-        image=image,
+        image=pixels(fmt, decode_image),
         meta=meta,
-        image_bytes=image_bytes,
+        image_bytes=_as_bytes(members[fmt]),
         image_format=fmt,
         pose=member("pose.json", decode_pose) if "pose.json" in members else None,
-        seg=member("seg.png", decode_seg) if "seg.png" in members else None,
-        depth=member("depth.png", decode_depth) if "depth.png" in members else None,
-        normal=member("normal.png", decode_normal) if "normal.png" in members else None,
-        mask=member("mask.png", decode_mask) if "mask.png" in members else None,
+        seg=pixels("seg.png", decode_seg),
+        depth=pixels("depth.png", decode_depth),
+        normal=pixels("normal.png", decode_normal),
+        mask=pixels("mask.png", decode_mask),
     )
     if check:
         version = meta.get("schema_version")

@@ -13,7 +13,7 @@ import pytest
 from hostile import add_sparse_member, jpeg_bomb, png16_rgb_bomb, run_measured
 
 from data_engine.image_header import ImageSizeError, check_size
-from data_engine.sample import Sample, decode_image, decode_normal, dumps, encode
+from data_engine.sample import Sample, SampleError, decode, decode_image, decode_normal, dumps, encode
 from data_engine.shards import ReadReport, ShardWriter, iter_samples
 
 # `hv shards inspect` of a small good shard peaks near 40 MB; decoding the 12000x12000 JPEG alone needs 432 MB
@@ -81,6 +81,9 @@ def test_codecs_check_the_header_before_decoding(bombs) -> None:
     assert check_size(small["png"], expected=(96, 72)) == (96, 72)
     with pytest.raises(ImageSizeError, match="max_pixels"):
         decode_image(small["png"], max_pixels=96 * 72 - 1)
+    with pytest.raises(SampleError, match=r"c0: png: .* \(max_pixels\)"):
+        decode(small, max_pixels=96 * 72 - 1)
+    assert decode(small, max_pixels=96 * 72).normal.shape == (72, 96, 3)  # every member decoded under the limit
     with pytest.raises(Exception, match="cannot identify image file"):
         check_size(b"GIF89a broken")
 
