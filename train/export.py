@@ -19,6 +19,7 @@ import glob
 import json
 import os
 import pickle
+import re
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -44,7 +45,9 @@ def _deepspeed_checkpoint_globals() -> list[Any]:
 
 
 def _refusal(path: str, error: Exception) -> UnsafeCheckpointError:
-    detail = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+    # torch's message is a page of advice; the name of the global it refused is what tells a user what is inside.
+    found = re.search(r"GLOBAL ([\w.]+)", str(error)) or re.search(r"WeightsUnpickler error: ([^\n]+)", str(error))
+    detail = f"it needs {found.group(1)}" if found else type(error).__name__
     return UnsafeCheckpointError(
         f"{path}: refused to load: it holds objects other than tensors and DeepSpeed's checkpoint records, and "
         f"unpickling them could run code ({detail}). If you made this checkpoint and trust it, consolidate it "
