@@ -47,11 +47,13 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def inspect_shards(paths: list[str]) -> dict:
-    """Per-shard sample counts, member types and sizes, and every bad sample (key + reason)."""
+    """Per-shard sample counts, member types and sizes, and every bad sample (key + reason), duplicate keys
+    across the whole set included (each copy after the first is a bad sample)."""
     from data_engine import shards
     from data_engine.sample import SampleError, decode
 
-    report: dict = {"shards": [], "bad": [], "samples": 0}
+    report: dict = {"shards": [], "bad": [], "samples": 0, "duplicate_keys": 0}
+    first_shard: dict[str, str] = {}
     try:
         files = shards.expand(paths)
     except FileNotFoundError as e:
@@ -66,6 +68,11 @@ def inspect_shards(paths: list[str]) -> dict:
             for members in shards.iter_members(path):
                 count += 1
                 key = members["__key__"]
+                if key in first_shard:
+                    reason = f"{key}: duplicate key (first in {first_shard[key]})"
+                    report["bad"].append({"shard": path, "key": key, "reason": reason})
+                    report["duplicate_keys"] += 1
+                first_shard.setdefault(key, path)
                 for name, data in members.items():
                     if not name.startswith("__"):
                         members_count[name] += 1
@@ -95,7 +102,10 @@ def _inspect(args: argparse.Namespace) -> int:
             members = ", ".join(f"{k} x{v['count']} ({v['bytes'] / 1e6:.2f} MB)" for k, v in entry["members"].items())
             status = f"  BROKEN: {entry['error']}" if "error" in entry else ""
             print(f"{entry['path']}: {entry['samples']} samples; {members}{status}")
-        print(f"total: {report['samples']} samples in {len(report['shards'])} shards, {len(report['bad'])} bad")
+        print(
+            f"total: {report['samples']} samples in {len(report['shards'])} shards, {len(report['bad'])} bad "
+            f"({report['duplicate_keys']} duplicate keys)"
+        )
     for bad in report["bad"]:
         where = bad["shard"] or "-"
         print(f"BAD {where} key={bad['key'] or '-'}: {bad['reason']}", file=sys.stderr)

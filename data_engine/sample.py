@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from data_engine import schema
+from data_engine.image_header import MAX_PIXELS, ImageSizeError, check_size
 
 SCHEMA_VERSION = 1
 MAX_DEPTH_M = 65.535  # uint16 millimetres
@@ -208,7 +209,8 @@ def encode_image(rgb: np.ndarray, fmt: ImageFormat = "png", quality: int = 95) -
     return buf.getvalue()
 
 
-def decode_image(data: bytes) -> np.ndarray:
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    check_size(data, max_pixels)
     with Image.open(io.BytesIO(data)) as img:
         return np.asarray(img.convert("RGB"))
 
@@ -219,7 +221,8 @@ def encode_depth(depth_m: np.ndarray) -> bytes:
     return _png_bytes(Image.fromarray(mm))
 
 
-def decode_depth(data: bytes) -> np.ndarray:
+def decode_depth(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    check_size(data, max_pixels)
     with Image.open(io.BytesIO(data)) as img:
         if img.mode not in ("I;16", "I;16B", "I"):
             raise SampleError(f"depth.png must be a 16-bit grey PNG, got mode {img.mode}")
@@ -241,8 +244,10 @@ def encode_normal(normal: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def decode_normal(data: bytes) -> np.ndarray:
+def decode_normal(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     import cv2
+
+    check_size(data, max_pixels)  # OpenCV would allocate whatever the header declares
 
     q = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if q is None or q.ndim != 3 or q.shape[2] != 3 or q.dtype != np.uint16:
@@ -267,7 +272,8 @@ def encode_seg(seg: np.ndarray, vocabulary: str = "goliath28") -> bytes:
     return _png_bytes(img)
 
 
-def decode_seg(data: bytes) -> np.ndarray:
+def decode_seg(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    check_size(data, max_pixels)
     with Image.open(io.BytesIO(data)) as img:
         if img.mode not in ("P", "L"):
             raise SampleError(f"seg.png must be an 8-bit palette (or grey) PNG of class ids, got mode {img.mode}")
@@ -278,7 +284,8 @@ def encode_mask(mask: np.ndarray) -> bytes:
     return _png_bytes(Image.fromarray(np.where(np.asarray(mask) > 0, 255, 0).astype(np.uint8), "L"))
 
 
-def decode_mask(data: bytes) -> np.ndarray:
+def decode_mask(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    check_size(data, max_pixels)
     with Image.open(io.BytesIO(data)) as img:
         return np.asarray(img.convert("L")) > 127
 
@@ -349,10 +356,14 @@ def encode(sample: Sample) -> dict[str, Any]:
     return members
 
 
-def decode(members: Mapping[str, Any], key: str | None = None, check: bool = True) -> Sample:
+def decode(
+    members: Mapping[str, Any], key: str | None = None, check: bool = True, max_pixels: int = MAX_PIXELS
+) -> Sample:
     """Decode WebDataset members (bytes per extension; `__key__` optional if `key` is given) into a Sample.
 
-    Raises SampleError naming the key and the member that is missing or broken.
+    Before any pixel is decoded, every image-like member's header must declare at most `max_pixels` and the
+    `json` width x height (the image's own header size when the json has none), so a small file declaring a
+    huge image costs nothing. Raises SampleError naming the key and the member that is missing or broken.
     """
     raw_key = key if key is not None else members.get("__key__")
     if isinstance(raw_key, bytes):
@@ -360,6 +371,8 @@ def decode(members: Mapping[str, Any], key: str | None = None, check: bool = Tru
     if raw_key is None:
         raise SampleError("sample has no __key__")
     key = str(raw_key)
+    if "__error__" in members:  # the shard reader refused a member (sparse, oversized) without reading it
+        raise SampleError(f"{key}: {members['__error__']}")
     fmt = next((f for f in IMAGE_MEMBERS if f in members), None)
     if fmt is None:
         raise SampleError(f"{key}: no image member (jpg or png) among {sorted(k for k in members if k[:2] != '__')}")
@@ -369,27 +382,34 @@ def decode(members: Mapping[str, Any], key: str | None = None, check: bool = Tru
     def member(name: str, fn):
         try:
             return fn(_as_bytes(members[name]))
-        except SampleError as e:
-            raise SampleError(f"{key}: {e}") from None
+        except (SampleError, ImageSizeError) as e:
+            raise SampleError(f"{key}: {name}: {e}" if isinstance(e, ImageSizeError) else f"{key}: {e}") from None
         except Exception as e:  # a corrupt member: name it, whatever the codec raised
             raise SampleError(f"{key}: cannot decode {name}: {type(e).__name__}: {e}") from None
 
-    image_bytes = _as_bytes(members[fmt])
-    image = member(fmt, decode_image)
     meta = member("json", lambda b: json.loads(b.decode("utf-8")))
     if not isinstance(meta, dict):
         raise SampleError(f"{key}: json member must be an object")
+    declared = _declared_size(meta)
+    image_size = member(fmt, lambda b: check_size(b, max_pixels, declared))
+    for name in LABEL_MEMBERS:  # every dense label has the image's size: checked before any is decoded
+        if name.endswith(".png") and name in members:
+            member(name, lambda b: check_size(b, max_pixels, image_size))
+
+    def pixels(name: str, codec):
+        return member(name, lambda b: codec(b, max_pixels)) if name in members else None
+
     sample = Sample(
         key=key,
-        image=image,
+        image=pixels(fmt, decode_image),
         meta=meta,
-        image_bytes=image_bytes,
+        image_bytes=_as_bytes(members[fmt]),
         image_format=fmt,
         pose=member("pose.json", decode_pose) if "pose.json" in members else None,
-        seg=member("seg.png", decode_seg) if "seg.png" in members else None,
-        depth=member("depth.png", decode_depth) if "depth.png" in members else None,
-        normal=member("normal.png", decode_normal) if "normal.png" in members else None,
-        mask=member("mask.png", decode_mask) if "mask.png" in members else None,
+        seg=pixels("seg.png", decode_seg),
+        depth=pixels("depth.png", decode_depth),
+        normal=pixels("normal.png", decode_normal),
+        mask=pixels("mask.png", decode_mask),
     )
     if check:
         version = meta.get("schema_version")
@@ -401,6 +421,13 @@ def decode(members: Mapping[str, Any], key: str | None = None, check: bool = Tru
             )
         validate(sample)
     return sample
+
+
+def _declared_size(meta: Mapping[str, Any]) -> tuple[int, int] | None:
+    """The json's (width, height) when it states both as positive integers; None leaves the header to decide."""
+    width, height = meta.get("width"), meta.get("height")
+    ok = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (width, height))
+    return (width, height) if ok else None  # type: ignore[return-value]
 
 
 def _as_bytes(value: Any) -> bytes:

@@ -26,6 +26,8 @@ from data_engine.sample import Sample, SampleError, decode, encode
 BadSamplePolicy = Literal["raise", "skip"]
 _SHARD_RE = re.compile(r"^(?P<prefix>.+)-(?P<num>\d{6})\.tar$")
 _TMP_MARK = ".tmp-"
+# The largest member a reader accepts: the largest image curation accepts (89.5 MP, RGB PNG) is 270 MB uncompressed.
+MAX_MEMBER_BYTES = 320 << 20
 
 
 # ------------------------------------------------------------------------------------------- file systems
@@ -315,18 +317,28 @@ class BadSample:
     shard: str
     key: str | None  # None when the shard itself broke before a key could be read
     reason: str
+    seen: int = 1  # times a report met it: a training stream reads its shards once per epoch
 
 
 @dataclass
 class ReadReport:
-    """What a read saw: good samples counted, bad ones listed with key and reason."""
+    """What a read saw: good samples counted, bad ones listed once each with key, reason and times seen."""
 
     samples: int = 0
     bad: list[BadSample] = field(default_factory=list)
-    # Called with each bad sample as it is found, for readers that log as they go (a training data slot).
+    # Called with each bad sample when first found, for readers that log as they go (a training data slot).
     on_bad: Callable[[BadSample], None] | None = None
+    _listed: dict[tuple[str, str], BadSample] = field(default_factory=dict, repr=False)
 
     def record(self, bad: BadSample) -> None:
+        # A sample is its (shard, key); a broken shard, its reason. Not (shard, key, reason): a codec's message
+        # may differ between reads (Pillow names the address of the buffer it was given).
+        identity = (bad.shard, bad.key if bad.key is not None else bad.reason)
+        listed = self._listed.get(identity)
+        if listed is not None:  # read again (a later epoch): counted, not listed twice
+            listed.seen += bad.seen
+            return
+        self._listed[identity] = bad
         self.bad.append(bad)
         if self.on_bad is not None:
             self.on_bad(bad)
@@ -342,9 +354,12 @@ def _split_name(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext
 
 
-def iter_members(path: str) -> Iterator[dict[str, Any]]:
+def iter_members(path: str, max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[dict[str, Any]]:
     """Stream one shard's samples as dicts of raw bytes per member, with `__key__` and `__url__` as str
     (the same dicts `webdataset.WebDataset` yields).
+
+    A GNU sparse member (a few KB that expand to any size) or one above `max_member_bytes` is never read:
+    its sample carries `__error__` with the reason, which `sample.decode` raises as a SampleError naming the key.
 
     Raises ShardError naming the shard if it is missing, truncated or not a tar.
     """
@@ -358,13 +373,18 @@ def iter_members(path: str) -> Iterator[dict[str, Any]]:
                 key, ext = _split_name(info.name)
                 if key.startswith("__") or not ext:
                     continue
-                f = tar.extractfile(info)
-                data = f.read() if f is not None else b""
-                if key != current_key:
+                refused = _refusal(info, max_member_bytes)
+                data = b""
+                if refused is None:
+                    f = tar.extractfile(info)
+                    data = f.read() if f is not None else b""
+                if key != current_key or ext in current:  # a member met twice in a row starts a second copy
                     if current_key is not None:
                         yield current
                     current_key, current = key, {"__key__": key, "__url__": path}
                 current[ext] = data
+                if refused is not None:  # the sample is kept, unread, so that its readers report it by key
+                    current.setdefault("__error__", f"member {ext}: {refused}")
     except Exception as e:  # tarfile raises several types for truncated/corrupt input: report them as one
         raise ShardError(f"{path}: not a readable tar shard ({type(e).__name__}: {e})") from e
     if not _has_end_marker(path):
@@ -373,6 +393,16 @@ def iter_members(path: str) -> Iterator[dict[str, Any]]:
         raise ShardError(f"{path}: truncated tar shard (no end-of-archive marker after {current_key!r})")
     if current_key is not None:
         yield current
+
+
+def _refusal(info: tarfile.TarInfo, max_member_bytes: int) -> str | None:
+    """Why a member is not read, or None. `size` of a sparse member is its stored data; reading it expands
+    the holes to the declared size, so sparse members are refused whatever they declare."""
+    if info.issparse():
+        return "GNU sparse tar member refused (a shard writer never makes one; reading it expands the holes)"
+    if info.size > max_member_bytes:
+        return f"{info.size} bytes, over the member size cap of {max_member_bytes} (max_member_bytes)"
+    return None
 
 
 def _has_end_marker(path: str) -> bool:
@@ -397,6 +427,7 @@ def iter_samples(
     report: ReadReport | None = None,
     decoder: Callable[[dict[str, Any]], Any] = decode,
     select: Callable[[int], bool] | None = None,
+    unique_keys: bool = True,
 ) -> Iterator[Any]:
     """Yield decoded samples from shards.
 
@@ -405,8 +436,13 @@ def iter_samples(
     skipped; the samples before a truncation point are still yielded. Nothing is dropped silently.
     select: keep only the samples whose running index over all `paths` it accepts, decided before decoding
     (e.g. `lambda i: i % workers == worker` splits one stream between loader workers).
+    unique_keys: a key met again in this call is a bad sample ("duplicate key", the first one is kept), so an
+    eval never scores a sample twice and an epoch never trains on one twice. Every key of the call is kept in
+    a set (before `select`, so split readers agree on which copy is first; the reader owning the copy reports
+    it); `hv shards inspect` checks a whole shard set, which a reader only sees part of.
     """
     report = report if report is not None else ReadReport()
+    first_shard: dict[str, str] = {}
     index = -1
     for path in expand(paths):
         members_iter = iter_members(path)
@@ -421,9 +457,18 @@ def iter_samples(
                 report.record(BadSample(shard=path, key=None, reason=str(e)))
                 break
             index += 1
+            key = members["__key__"]
+            duplicate_of = first_shard.get(key) if unique_keys else None
+            if unique_keys and duplicate_of is None:
+                first_shard[key] = path
             if select is not None and not select(index):
                 continue
-            key = members["__key__"]
+            if duplicate_of is not None:
+                reason = f"{key}: duplicate key (first read from {duplicate_of}); this copy is not used"
+                if policy == "raise":
+                    raise SampleError(f"{path}: {reason}")
+                report.record(BadSample(shard=path, key=key, reason=reason))
+                continue
             try:
                 sample = decoder(members)
             except SampleError as e:

@@ -143,6 +143,22 @@ def _file_mode(args: argparse.Namespace) -> bool | None:
     return True
 
 
+def _unusable_output(command: str, folder: str | None = None, file: str | None = None) -> bool:
+    """Check the output folder / file before any work (creating the folder); print one line and say True when
+    one cannot be written."""
+    from data_engine.outputs import OutputPathError, prepare_output_dir, prepare_output_file
+
+    try:
+        if folder:
+            prepare_output_dir(folder)
+        if file:
+            prepare_output_file(file)
+    except OutputPathError as e:
+        print(f"{command}: {e}", file=sys.stderr)
+        return True
+    return False
+
+
 def _eval_model(task: str, args: argparse.Namespace) -> int:
     from eval.checkpoint import CheckpointError
     from eval.config import EvalConfig
@@ -150,6 +166,8 @@ def _eval_model(task: str, args: argparse.Namespace) -> int:
     from eval.model_eval import evaluate_checkpoint
     from train.config import ConfigError, load_config
 
+    if _unusable_output(f"hv eval {task}", args.out_dir, args.out):
+        return 2
     try:
         cfg = load_config(EvalConfig, args.config, args.overrides)
         result = evaluate_checkpoint(task, args.checkpoint, args.shards, cfg, args.out_dir)  # type: ignore[arg-type]
@@ -217,12 +235,16 @@ def _eval_task(args: argparse.Namespace) -> int:
     if not mode:
         return _eval_model(args.eval_task, args)
     fn, extra = _metric_from_files(args.eval_task, args)
+    if _unusable_output(f"hv eval {args.eval_task}", file=args.out):
+        return 2
     return _run_metric(fn, args.gt, args.pred, *extra, out=args.out)
 
 
 def _eval_report(args: argparse.Namespace) -> int:
     from eval.report import ReportInputError, report_from_paths
 
+    if _unusable_output("hv eval report", file=args.out):
+        return 2
     try:
         report_from_paths(args.inputs, args.out, title=args.title)
     except ReportInputError as e:
@@ -236,6 +258,8 @@ def _export(args: argparse.Namespace) -> int:
     from eval.checkpoint import CheckpointError
     from eval.export import ExportError, ExportFormat, export_checkpoint, parse_size
 
+    if _unusable_output("hv export", file=args.out):
+        return 2
     try:
         size = parse_size(args.size) if args.size else None
         result = export_checkpoint(
@@ -270,6 +294,8 @@ def _predict(args: argparse.Namespace) -> int:
     from train.config import ConfigError, load_config
 
     inputs, overrides = split_overrides(args.inputs)
+    if _unusable_output("hv predict", folder=args.out):
+        return 2
     try:
         cfg = load_config(PredictConfig, args.config, overrides)
         if not inputs:
@@ -289,4 +315,4 @@ def _predict(args: argparse.Namespace) -> int:
     print(f"{len(index['predicted'])} predicted, {len(failed)} failed -> {args.out} (index.json lists each)")
     for bad in failed[:10]:
         print(f"  failed: {bad['source']}: {bad['reason']}", file=sys.stderr)
-    return 0 if index["predicted"] or not failed else 1
+    return 1 if failed else 0  # every input that could be was written; a failed one still fails the command

@@ -115,6 +115,13 @@ def _main(args: argparse.Namespace) -> int:
     if config.background.dir and not os.path.isdir(config.background.dir):
         print(f"hv synth: --backgrounds {config.background.dir}: no such folder", file=sys.stderr)
         return 2
+    from data_engine.outputs import OutputPathError, prepare_output_dir
+
+    try:
+        prepare_output_dir(config.out, "output folder (--out)")
+    except OutputPathError as e:
+        print(f"hv synth: {e}", file=sys.stderr)
+        return 2
 
     from data_engine.ray_runtime import RayConnectError
     from synth.engine import OutputMismatch, run_job
@@ -132,10 +139,16 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def _preview(dirs: list[str], out: str, count: int) -> int:
+    from data_engine.outputs import OutputPathError, prepare_output_file
     from synth.preview import contact_sheet
 
     if not dirs:
         print("hv synth preview: give a folder of shards (or shard paths)", file=sys.stderr)
+        return 2
+    try:
+        prepare_output_file(out, "--out")
+    except OutputPathError as e:
+        print(f"hv synth preview: {e}", file=sys.stderr)
         return 2
     paths = [os.path.join(d, "shards") if os.path.isdir(os.path.join(d, "shards")) else d for d in dirs]
     try:

@@ -101,6 +101,7 @@ def _archs(args: argparse.Namespace) -> int:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
+    from data_engine.outputs import OutputPathError, prepare_output_dir
     from data_engine.shards import expand
     from train.config import ConfigError, load_config, save_config, to_yaml
     from train.launch import launch_from_args
@@ -109,7 +110,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(PretrainConfig, args.config, args.overrides)
         expand(cfg.data.shard_patterns())  # fail here, before launching processes, on a pattern matching nothing
-    except (ConfigError, FileNotFoundError) as e:
+        prepare_output_dir(args.out, "run folder (--out)")
+    except (ConfigError, FileNotFoundError, OutputPathError) as e:
         return _error("pretrain", e)
     config_path = os.path.join(args.out, "config.yaml")
     if os.path.isfile(config_path):
@@ -124,11 +126,14 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from data_engine.outputs import prepare_output_file
     from train.export import export_weights, summary
 
     try:
+        if args.out:
+            prepare_output_file(args.out, "--out")
         path = export_weights(args.run, args.out, args.tag, args.part)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError) as e:  # OutputPathError and UnsafeCheckpointError are ValueErrors
         return _error("export-weights", e)
     print(summary(path))
     return 0

@@ -6,20 +6,105 @@
 The file holds the model's state dict in fp32 and, in its metadata, the run's resolved config (also
 written beside it as YAML), so `load_vit(path)` / `load_into(model, path)` rebuild and fill a plain
 PyTorch model with no DeepSpeed.
+
+Checkpoints are never unpickled freely: every `torch.load` here (DeepSpeed's own `zero_to_fp32` included) runs
+with `weights_only=True` and allows only the few DeepSpeed classes its checkpoints hold, so a crafted `.pt`
+file (a `__reduce__` that runs code) is refused with `UnsafeCheckpointError` instead of executed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
-from typing import Literal
+import pickle
+import re
+from collections.abc import Iterator
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 Part = Literal["full", "encoder"]
 ENCODER_PREFIX = "encoder."
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint file holding objects other than tensors and DeepSpeed's checkpoint records."""
+
+
+def _deepspeed_checkpoint_globals() -> list[Any]:
+    """The classes DeepSpeed's ZeRO checkpoints pickle besides tensors (found by loading real stage 0-3
+    checkpoints with `weights_only=True`): plain records, restored by setting attributes, with no code run."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def _refusal(path: str, error: Exception) -> UnsafeCheckpointError:
+    # torch's message is a page of advice; the name of the global it refused is what tells a user what is inside.
+    found = re.search(r"GLOBAL ([\w.]+)", str(error)) or re.search(r"WeightsUnpickler error: ([^\n]+)", str(error))
+    detail = f"it needs {found.group(1)}" if found else type(error).__name__
+    return UnsafeCheckpointError(
+        f"{path}: refused to load: it holds objects other than tensors and DeepSpeed's checkpoint records, and "
+        f"unpickling them could run code ({detail}). If you made this checkpoint and trust it, consolidate it "
+        "from that trusted copy with DeepSpeed's zero_to_fp32.py and pass the result as a .safetensors file"
+    )
+
+
+def safe_torch_load(path: str, **kwargs: Any) -> Any:
+    """`torch.load` with `weights_only=True` and DeepSpeed's checkpoint classes allowed; a file that needs
+    anything else raises UnsafeCheckpointError naming it (nothing in it is executed)."""
+    kwargs["weights_only"] = True
+    kwargs.setdefault("map_location", "cpu")
+    with torch.serialization.safe_globals(_deepspeed_checkpoint_globals()):
+        try:
+            return torch.load(path, **kwargs)
+        except pickle.UnpicklingError as e:
+            raise _refusal(str(path), e) from None
+
+
+# A foreign checkpoint (e.g. a plain `torch.save(model.state_dict())`) that `--init` accepts besides safetensors.
+TORCH_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+def read_torch_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """The tensors of a torch file, loaded weights-only: the file's top level, or its 'state_dict' / 'module' /
+    'model' entry. Raises UnsafeCheckpointError for a file that would need a free unpickling."""
+    obj = safe_torch_load(path)
+    nested = [obj.get(k) for k in ("state_dict", "module", "model")] if isinstance(obj, dict) else []
+    for candidate in (obj, *nested):
+        if isinstance(candidate, dict) and candidate and all(isinstance(v, torch.Tensor) for v in candidate.values()):
+            return dict(candidate)
+    raise ValueError(f"{path}: no state dict of tensors (looked at the top level, 'state_dict', 'module', 'model')")
+
+
+class _WeightsOnlyTorch:
+    """The `torch` module as DeepSpeed's zero_to_fp32 sees it during a consolidation: the same, except that
+    `load` is `safe_torch_load` (zero_to_fp32 passes `weights_only=False` itself, which would run any pickle)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
+
+    @staticmethod
+    def load(f: Any, **kwargs: Any) -> Any:  # zero_to_fp32 passes map_location, mmap, weights_only by keyword
+        kwargs.pop("weights_only", None)
+        return safe_torch_load(f, **kwargs)
+
+
+@contextlib.contextmanager
+def _zero_to_fp32_weights_only() -> Iterator[Any]:
+    from deepspeed.utils import zero_to_fp32
+
+    original = zero_to_fp32.torch
+    zero_to_fp32.torch = _WeightsOnlyTorch()
+    try:
+        yield zero_to_fp32
+    finally:
+        zero_to_fp32.torch = original
 
 
 def checkpoint_tag(run_dir: str, tag: str | None = None) -> tuple[str, str]:
@@ -43,14 +128,16 @@ def consolidated_state_dict(run_dir: str, tag: str | None = None) -> dict[str, t
     root, tag = checkpoint_tag(run_dir, tag)
     folder = os.path.join(root, tag)
     if glob.glob(os.path.join(folder, "*optim_states.pt")):
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        state = get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
+        with _zero_to_fp32_weights_only() as zero_to_fp32:
+            state = zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
     else:  # ZeRO stage 0: the module is saved whole (in the training dtype) by rank 0
         path = os.path.join(folder, "mp_rank_00_model_states.pt")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{folder}: neither ZeRO optimizer shards nor mp_rank_00_model_states.pt")
-        state = torch.load(path, map_location="cpu", weights_only=False)["module"]
+        checkpoint = safe_torch_load(path)
+        if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("module"), dict):
+            raise ValueError(f"{path}: not a DeepSpeed model checkpoint (no 'module' state dict)")
+        state = checkpoint["module"]
     return {k: v.detach().float().contiguous().clone() for k, v in state.items()}
 
 

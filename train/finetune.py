@@ -328,13 +328,14 @@ def resolve_weights_file(path: str) -> str:
 
 
 def read_init_state(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None, str]:
-    """(state dict, the run's config as a dict or None, source name) from a safetensors file or a run folder.
+    """(state dict, the run's config as a dict or None, source name) from a safetensors file, a run folder, or a
+    foreign torch file (.pt/.pth/.bin/.ckpt, read tensors-only: nothing in it is unpickled freely).
 
     A run folder without an export is consolidated in memory from its newest checkpoint (any ZeRO stage).
     """
     import yaml
 
-    from train.export import consolidated_state_dict, read_weights
+    from train.export import TORCH_FILE_SUFFIXES, consolidated_state_dict, read_torch_state_dict, read_weights
 
     try:
         file = resolve_weights_file(path)
@@ -347,8 +348,10 @@ def read_init_state(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any] 
             with open(config_path) as f:
                 config = yaml.safe_load(f)
         return consolidated_state_dict(path), config, f"{path} (newest checkpoint)"
-    state, _ = read_weights(file)
-    return state, read_embedded_config(file), file
+    if not file.endswith(TORCH_FILE_SUFFIXES):
+        state, _ = read_weights(file)
+        return state, read_embedded_config(file), file
+    return read_torch_state_dict(file), None, file
 
 
 def load_init(model: FinetuneModel, path: str, include_heads: bool = True) -> InitReport:
@@ -602,7 +605,7 @@ def _slot_batches(
 def _write_report(path: str, report) -> None:
     import json
 
-    bad = [{"shard": b.shard, "key": b.key, "reason": b.reason} for b in report.read.bad]
+    bad = [{"shard": b.shard, "key": b.key, "reason": b.reason, "seen": b.seen} for b in report.read.bad]
     with open(path + ".tmp", "w") as f:
         json.dump({"summary": report.summary(), "samples": report.samples, "rows": dict(report.items),
                    "unused_labels": dict(report.unused), "bad_samples": bad}, f, indent=1)  # fmt: skip

@@ -36,6 +36,7 @@ def _error(message: object) -> int:
 
 
 def _finetune(args: argparse.Namespace) -> int:
+    from data_engine.outputs import prepare_output_dir
     from data_engine.shards import expand
     from train.config import ConfigError, save_config
     from train.finetune import load_finetune_config, resolve_weights_file
@@ -50,7 +51,8 @@ def _finetune(args: argparse.Namespace) -> int:
             expand(cfg.data.background_patterns())
         if cfg.init:
             _check_init(cfg.init, resolve_weights_file)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+        prepare_output_dir(args.out, "run folder (--out)")
+    except (ConfigError, FileNotFoundError, ValueError) as e:  # an OutputPathError is a ValueError
         return _error(e)
     config_path = os.path.join(args.out, "config.yaml")
     save_config(cfg, config_path)

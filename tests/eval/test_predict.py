@@ -48,7 +48,7 @@ def test_predict_images_and_shards(predict_inputs, capsys) -> None:
     out = root / "out"
     argv = ["predict", "--checkpoint", ckpt, str(root / "photos"), str(root / "shards" / "*.tar"), "--out", str(out)]
     code, stdout, stderr = _hv([*argv, "--boxes", str(boxes), "batch_size=2"], capsys)
-    assert code == 0, stderr
+    assert code == 1, stderr  # broken.jpg failed: the command fails, after writing the others
     assert "3 predicted, 1 failed" in stdout and "broken.jpg" in stderr
     index = json.loads((out / "index.json").read_text())
     assert [e["name"] for e in index["predicted"]] == ["a", "b", "abc1"]
@@ -113,6 +113,24 @@ def test_predict_bad_inputs(predict_inputs, tmp_path, capsys) -> None:
     empty.mkdir()
     code, err = run(str(empty))
     assert code == 2 and "holds no images" in err
+
+
+def test_predict_fails_when_an_input_failed_after_writing_the_others(predict_inputs, tmp_path, capsys) -> None:
+    """An image file declaring 12000x12000 (a 0.2 MB JPEG that decodes to 432 MB) is refused from its header."""
+    root, ckpt, _ = predict_inputs
+    bomb = tmp_path / "bomb.jpg"
+    Image.new("L", (12000, 12000), 128).save(bomb, quality=50)
+    out = tmp_path / "o"
+    argv = ["predict", "--checkpoint", ckpt, str(root / "photos" / "a.jpg"), str(bomb), "--out", str(out)]
+    code, stdout, stderr = _hv([*argv, "tasks=[pose]"], capsys)
+    assert code == 1, stderr
+    assert "1 predicted, 1 failed" in stdout
+    index = json.loads((out / "index.json").read_text())
+    assert [e["name"] for e in index["predicted"]] == ["a"] and (out / "pose" / "a.json").is_file()
+    (failed,) = index["failed"]
+    assert failed["name"] == "bomb" and "12000x12000" in failed["reason"] and "max_pixels" in failed["reason"]
+    code, _, _ = _hv(["predict", "--checkpoint", ckpt, str(root / "photos" / "a.jpg"), "--out", str(out)], capsys)
+    assert code == 0
 
 
 @pytest.mark.slow
