@@ -77,11 +77,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def check_args(args: argparse.Namespace) -> None:
     from train.models.vit import ARCHS
 
+    if not args.archs:
+        raise UsageError("--archs is empty: name at least one MAE arch")
     for arch in [*args.archs, args.finetune_arch]:
         if arch not in ARCHS:
             raise UsageError(f"arch {arch!r} is not one of {', '.join(ARCHS)}")
-    if not args.archs:
-        raise UsageError("--archs is empty: name at least one MAE arch")
     bad = [t for t in args.tasks if t not in TASKS]
     if bad:
         raise UsageError(f"--tasks {','.join(bad)}: each must be one of {', '.join(TASKS)}")
