@@ -106,6 +106,11 @@ def sdpa_kernel_for(
 # ----------------------------------------------------------------------------------------------- memory
 
 
+def engine_dtype(engine: Any) -> str:
+    """The dtype the engine trains in, as DeepSpeed set it up (bf16 from the config's precision, else fp32)."""
+    return "bfloat16" if engine.bfloat16_enabled() else "float32"
+
+
 def memory_now(device: torch.device) -> int:
     return int(torch.cuda.memory_allocated(device)) if device.type == "cuda" else 0
 
@@ -192,9 +197,19 @@ def mae_case(arch: str, args: argparse.Namespace, device: torch.device, peak: fl
     record |= {"model_flops_per_image": flops, "train_flops_per_image": 3 * flops}
 
     def body() -> dict[str, Any]:
+        dtype = torch.bfloat16 if cfg.precision.value == "bf16" else torch.float32
+        tokens = (m.img_size[0] // vit.patch_size) * (m.img_size[1] // vit.patch_size)
+        keep = max(1, round(tokens * (1 - m.mask_ratio)))  # as random_masking keeps
+        b = cfg.batch_size
+        # Probed on an empty device, before the engine exists: a probe that reaches the math kernel holds the
+        # whole (L x L) score matrix, which must not fail a case whose training step fits.
+        attention = {
+            "encoder": sdpa_kernel_for(b, vit.num_heads, keep, vit.embed_dim // vit.num_heads, dtype, device),
+            "decoder": sdpa_kernel_for(b, decoder.num_heads, tokens, decoder.dim // decoder.num_heads, dtype, device),
+        }
+        reset_peak(device)
         engine = make_engine(lambda: build_mae(m), cfg, device)
-        dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
-        images = torch.randint(0, 256, (cfg.batch_size, 3, *m.img_size), dtype=torch.uint8, device=device)
+        images = torch.randint(0, 256, (b, 3, *m.img_size), dtype=torch.uint8, device=device)
 
         def step() -> None:
             loss, _ = mae_loss(engine, {"images": images})
@@ -203,17 +218,10 @@ def mae_case(arch: str, args: argparse.Namespace, device: torch.device, peak: fl
 
         step_time = timed_steps(step, args.warmup, args.steps, device)
         memory, kind = peak_memory(device)
-        tokens = (m.img_size[0] // vit.patch_size) * (m.img_size[1] // vit.patch_size)
-        keep = max(1, round(tokens * (1 - m.mask_ratio)))  # as random_masking keeps
-        b = cfg.batch_size
-        attention = {
-            "encoder": sdpa_kernel_for(b, vit.num_heads, keep, vit.embed_dim // vit.num_heads, dtype, device),
-            "decoder": sdpa_kernel_for(b, decoder.num_heads, tokens, decoder.dim // decoder.num_heads, dtype, device),
-        }
         images_per_s = b / step_time
         mfu = None if peak is None else 3 * flops * images_per_s / peak
         return {"step_time_s": step_time, "images_per_s": images_per_s, "mfu": mfu, "peak_memory_bytes": memory,
-                "memory_kind": kind, "attention": attention, "dtype": str(dtype).removeprefix("torch.")}  # fmt: skip
+                "memory_kind": kind, "attention": attention, "dtype": engine_dtype(engine)}  # fmt: skip
 
     return run_case(record, body, device)
 
@@ -255,8 +263,12 @@ def finetune_case(task: str, args: argparse.Namespace, device: torch.device) -> 
     record |= {"batch": cfg.batch_size, "zero_stage": cfg.zero_stage, "precision": cfg.precision.value}
 
     def body() -> dict[str, Any]:
+        dtype = torch.bfloat16 if cfg.precision.value == "bf16" else torch.float32
+        vit = arch_config(cfg.model.arch)
+        tokens = (h // vit.patch_size) * (w // vit.patch_size)
+        kernel = sdpa_kernel_for(cfg.batch_size, vit.num_heads, tokens, vit.embed_dim // vit.num_heads, dtype, device)
+        reset_peak(device)  # as in mae_case: the probe runs first, outside the case's peak
         engine = make_engine(lambda: build_model(cfg), cfg, device)
-        dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
         batch = finetune_batch(cfg, device)
         # The model's dtype, as pretraining's mae_loss does (fine-tuning's loader hands over fp32 images).
         batch["image"] = batch["image"].to(dtype)
@@ -271,11 +283,8 @@ def finetune_case(task: str, args: argparse.Namespace, device: torch.device) -> 
 
         step_time = timed_steps(step, args.warmup, args.steps, device)
         memory, kind = peak_memory(device)
-        vit = arch_config(cfg.model.arch)
-        tokens = (h // vit.patch_size) * (w // vit.patch_size)
-        kernel = sdpa_kernel_for(cfg.batch_size, vit.num_heads, tokens, vit.embed_dim // vit.num_heads, dtype, device)
         figures = {"step_time_s": step_time, "images_per_s": cfg.batch_size / step_time}
         figures |= {"peak_memory_bytes": memory, "memory_kind": kind, "attention": {"backbone": kernel}}
-        return figures | {"dtype": str(dtype).removeprefix("torch.")}
+        return figures | {"dtype": engine_dtype(engine)}
 
     return run_case(record, body, device)
