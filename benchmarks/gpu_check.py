@@ -127,7 +127,17 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
 
 
-def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+def write_report(path: str, report: dict[str, Any]) -> None:
+    """Atomically (a run killed mid-write leaves the previous version whole)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(report, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def run(args: argparse.Namespace, device: torch.device, path: str) -> dict[str, Any]:
+    """Every case in turn; the report is rewritten after each one (`complete` false until the end), so a run
+    stopped part-way keeps the cases it finished."""
     import deepspeed
 
     from benchmarks.gpu_cases.loader import loader_case, write_photo_shards
@@ -143,15 +153,18 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         "peak_flops": peak,
         "peak_flops_source": peak_source,
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "complete": False,
     }
     report["mae"] = []
     for arch in args.archs:
         report["mae"].append(mae_case(arch, args, device, peak))
         print_row("mae", report["mae"][-1])
+        write_report(path, report)
     report["finetune"] = []
     for task in args.tasks:
         report["finetune"].append(finetune_case(task, args, device))
         print_row("finetune", report["finetune"][-1])
+        write_report(path, report)
 
     data_cfg = pretrain_config(args.archs[0], args).data
     if args.loader_workers is not None:
@@ -176,6 +189,8 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     report["loader"] = loader
     print_row("loader", loader)
     report["wall_s"] = time.perf_counter() - started
+    report["complete"] = True
+    write_report(path, report)
     return report
 
 
@@ -213,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print(no_gpu_message(), file=sys.stderr)
         return 2
-    out = os.path.abspath(args.out)
+    out = os.path.abspath(args.out)  # before the chdir below
     try:
         check_args(args)
     except UsageError as e:
@@ -223,12 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = torch.device("cuda", 0) if args.device == "cuda" else torch.device("cpu")
     if device.type == "cpu":
         print("gpu_check: --device cpu: the tiny run of the same code, not a GPU measurement", file=sys.stderr)
-    report = run(args, device)
-    os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "report.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(report, f, indent=1)
-    os.replace(path + ".tmp", path)
+    report = run(args, device, path)
     failed = [f"mae {r['arch']}" for r in report["mae"] if r["status"] != "ok"]
     failed += [f"finetune {r['task']}" for r in report["finetune"] if r["status"] != "ok"]
     failed += ["loader"] if report["loader"]["status"] != "ok" else []

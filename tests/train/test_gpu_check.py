@@ -145,7 +145,7 @@ def test_cpu_mode_report_has_every_section_with_sane_figures(cpu_run):
 
     _, report = cpu_run
     assert report is not None
-    assert report["gpu_measurement"] is False and report["device"].startswith("cpu")
+    assert report["complete"] is True and report["gpu_measurement"] is False and report["device"].startswith("cpu")
     assert report["peak_flops"] == 0.5e12 and report["peak_flops_source"] == "--peak-tflops"
     kernels = gpu_check().KNOWN_KERNELS
 
