@@ -91,8 +91,14 @@ def init_distributed() -> tuple[int, int, int]:
 
         if not dist.is_initialized():
             # A world of one needs no rendezvous: an in-memory store cannot lose a race for a TCP port to
-            # another job starting at the same moment (seen when two runs started together).
-            dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+            # another job starting at the same moment (seen when two runs started together). The backend is the
+            # accelerator's (nccl on a GPU: ZeRO's collectives run on device tensors, which gloo refuses).
+            from deepspeed.accelerator import get_accelerator
+
+            backend = (
+                "gloo" if get_accelerator().device_name() == "cpu" else get_accelerator().communication_backend_name()
+            )
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     deepspeed.init_distributed(verbose=False)
     return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0"))
 

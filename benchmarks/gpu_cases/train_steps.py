@@ -269,9 +269,7 @@ def finetune_case(task: str, args: argparse.Namespace, device: torch.device) -> 
         kernel = sdpa_kernel_for(cfg.batch_size, vit.num_heads, tokens, vit.embed_dim // vit.num_heads, dtype, device)
         reset_peak(device)  # as in mae_case: the probe runs first, outside the case's peak
         engine = make_engine(lambda: build_model(cfg), cfg, device)
-        batch = finetune_batch(cfg, device)
-        # The model's dtype, as pretraining's mae_loss does (fine-tuning's loader hands over fp32 images).
-        batch["image"] = batch["image"].to(dtype)
+        batch = finetune_batch(cfg, device)  # fp32 images, as the loader hands them over: the model casts them
         weight = None
         if task == "seg" and cfg.seg.class_weights:
             weight = torch.from_numpy(schema.vocabulary(cfg.seg.vocabulary).weights()).to(device)
