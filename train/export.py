@@ -130,15 +130,27 @@ def consolidated_state_dict(run_dir: str, tag: str | None = None) -> dict[str, t
     if glob.glob(os.path.join(folder, "*optim_states.pt")):
         with _zero_to_fp32_weights_only() as zero_to_fp32:
             state = zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
+        # ZeRO-1 records no frozen parameters beside the optimizer's partitions (stages 2 and 3 do), so
+        # zero_to_fp32 leaves them out (the MAE's fixed position table): rank 0's module state holds them whole.
+        # (ZeRO-3 names its module states per rank and keeps only placeholders there.)
+        if os.path.isfile(os.path.join(folder, "mp_rank_00_model_states.pt")):
+            for key, value in _module_state(folder).items():
+                if key not in state and value.numel() > 0:
+                    state[key] = value
     else:  # ZeRO stage 0: the module is saved whole (in the training dtype) by rank 0
-        path = os.path.join(folder, "mp_rank_00_model_states.pt")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{folder}: neither ZeRO optimizer shards nor mp_rank_00_model_states.pt")
-        checkpoint = safe_torch_load(path)
-        if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("module"), dict):
-            raise ValueError(f"{path}: not a DeepSpeed model checkpoint (no 'module' state dict)")
-        state = checkpoint["module"]
+        state = _module_state(folder)
     return {k: v.detach().float().contiguous().clone() for k, v in state.items()}
+
+
+def _module_state(folder: str) -> dict[str, torch.Tensor]:
+    """Rank 0's `module` state of a DeepSpeed checkpoint folder (loaded weights-only)."""
+    path = os.path.join(folder, "mp_rank_00_model_states.pt")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{folder}: neither ZeRO optimizer shards nor mp_rank_00_model_states.pt")
+    checkpoint = safe_torch_load(path)
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("module"), dict):
+        raise ValueError(f"{path}: not a DeepSpeed model checkpoint (no 'module' state dict)")
+    return checkpoint["module"]
 
 
 def export_weights(run_dir: str, out: str | None = None, tag: str | None = None, part: Part = "full") -> str:

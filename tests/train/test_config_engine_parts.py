@@ -79,9 +79,13 @@ def test_param_groups_skip_decay_and_apply_layer_decay() -> None:
     groups = param_groups(mae, OptimConfig(weight_decay=0.05, layer_decay=0.5))
     names = {id(p): n for n, p in mae.named_parameters()}
     by_name = {names[id(p)]: g for g in groups for p in g["params"]}
-    assert len(by_name) == len(list(mae.parameters()))
-    for name in ("encoder.pos_embed", "mask_token", "encoder.norm.weight", "encoder.blocks.0.attn.qkv.bias"):
+    assert len(by_name) == len([p for p in mae.parameters() if p.requires_grad])
+    assert "encoder.pos_embed" not in by_name  # fixed sin-cos while pretraining: in no group
+    for name in ("mask_token", "encoder.norm.weight", "encoder.blocks.0.attn.qkv.bias"):
         assert by_name[name]["weight_decay"] == 0.0, name
+    vit = build_vit("tiny", img_size=(32, 32), depth=1)  # a backbone being fine-tuned learns it, without decay
+    vit_groups = param_groups(vit, OptimConfig(weight_decay=0.05))
+    assert any(p is vit.pos_embed and g["weight_decay"] == 0.0 for g in vit_groups for p in g["params"])
     assert by_name["encoder.blocks.0.attn.qkv.weight"]["weight_decay"] == 0.05
     # 4 layer ids (embeddings, 2 blocks, norm); the decoder counts as the last layer: full LR.
     assert by_name["encoder.patch_embed.proj.weight"]["lr_scale"] == 0.5**3
