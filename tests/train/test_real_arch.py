@@ -18,7 +18,7 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SIZE = (256, 192)  # H x W: a 16 x 12 token grid
+SIZE = (128, 96)  # H x W: an 8 x 6 token grid (the backbone is full width and depth)
 
 
 def hv(*argv: str, timeout: int = 1500) -> subprocess.CompletedProcess:
