@@ -425,6 +425,25 @@ def fit(
 ) -> FitResult:
     """Train to `cfg.steps` optimizer steps; see the module docstring. `groups` replaces the default
     parameter groups (dicts with params, weight_decay, lr_scale); `flops_per_sample` (forward) enables MFU."""
+    # ZeRO-3's `zero.Init` replaces torch.nn.functional.linear for the whole process and never puts it back:
+    # a model used after training in the same process (a Predictor, a TorchScript export) would then run
+    # DeepSpeed's autograd function, which tracing cannot export. Restored here, whatever happens.
+    linear = torch.nn.functional.linear
+    try:
+        return _fit(model, loss_fn, make_batches, cfg, out_dir, groups, flops_per_sample)
+    finally:
+        torch.nn.functional.linear = linear
+
+
+def _fit(
+    model: nn.Module | Callable[[], nn.Module],
+    loss_fn: LossFn,
+    make_batches: MakeBatches,
+    cfg: TrainConfig,
+    out_dir: str,
+    groups: list[dict[str, Any]] | None,
+    flops_per_sample: float | None,
+) -> FitResult:
     import deepspeed
     import torch.distributed as dist
 
