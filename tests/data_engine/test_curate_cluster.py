@@ -107,19 +107,20 @@ def test_curate_on_a_two_node_cluster_uses_both_nodes_and_equals_a_local_run(clu
     assert _outcome(remote) == _outcome(local)
     assert _shards(remote) == _shards(local)
 
-    # Without the cluster's token the same command is refused with one line of ours (after Ray's own C++ log
-    # lines, which Ray prints before Python sees the failure) and exit 2.
+    # Without the cluster's token the same command is refused with one line of ours and exit 2.
+    _assert_refused_without_token("curate", base, address, env, tmp_path / "refused")
+
+
+def _assert_refused_without_token(command: str, base: list[str], address: str, env: dict, out: Path) -> None:
+    """`base --ray-address ADDRESS` without the cluster's token: exit 2 and one line of ours, last (after Ray's
+    own C++ log lines, which Ray prints before Python sees the failure), with how to pass the token."""
     no_token = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
     refused = subprocess.run(
-        [*base, "--out", str(tmp_path / "refused"), "--ray-address", address],
-        env=no_token,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [*base, "--out", str(out), "--ray-address", address], env=no_token, capture_output=True, text=True, timeout=300
     )
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     last = refused.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"hv curate: --ray-address {address}: cannot join") and "RAY_AUTH_MODE=token" in last
+    assert last.startswith(f"hv {command}: --ray-address {address}: cannot join") and "RAY_AUTH_MODE=token" in last
 
 
 def _members_by_key(out: Path) -> dict[str, dict[str, bytes]]:
@@ -160,15 +161,4 @@ def test_synth_on_a_two_node_cluster_equals_an_inline_run(cluster, tmp_path):
     want = _members_by_key(tmp_path / "inline")
     assert len(want) == 4 and _members_by_key(tmp_path / "cluster") == want
 
-    # Without the cluster's token: one line of ours and exit 2, as for curate.
-    no_token = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
-    refused = subprocess.run(
-        [*base, "--out", str(tmp_path / "refused"), "--ray-address", address],
-        env=no_token,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    last = refused.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"hv synth: --ray-address {address}: cannot join") and "RAY_AUTH_MODE=token" in last
+    _assert_refused_without_token("synth", base, address, env, tmp_path / "refused")
