@@ -30,12 +30,14 @@ LOOPBACK = ("127.0.0.1", "::1")
 
 
 def _external_ip() -> str:
-    """An address of this machine that is not loopback: what another host would connect to."""
+    """An address of this machine that is not loopback: what another host would connect to. A machine with
+    none (no network at all) is probed through 127.0.0.1: the listeners bind every interface and the token is
+    checked on every connection whatever its source, so the refusals prove the same thing there."""
     for addresses in psutil.net_if_addrs().values():
         for a in addresses:
             if a.family.name == "AF_INET" and not a.address.startswith("127."):
                 return a.address
-    pytest.skip("this machine has no non-loopback IPv4 address")
+    return "127.0.0.1"
 
 
 def _grpc_answers(host: str, port: int, metadata: tuple = ()) -> dict[str, str]:
