@@ -62,7 +62,7 @@ def model_predictor(
 def predictor_for(model, task: Literal["pose", "seg", "bbox"], keypoint_threshold: float = 0.3):
     """The `Sample -> Prediction` function of a loaded model for one task. bbox: the pose head's people, each
     box the extent of its placed keypoints (the model has no detector head)."""
-    keypoint_set = model.cfg.pose.keypoint_set if task in ("pose", "bbox") else ""
+    keypoint_set = model.spec.keypoint_set if task in ("pose", "bbox") else ""
 
     def predict_pose(sample: Sample) -> Prediction:
         boxes = person_boxes(sample)

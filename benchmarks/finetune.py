@@ -42,13 +42,16 @@ def bench_multitask(size: tuple[int, int], repeats: int) -> None:
     from ft_synthetic import person_sample
 
     from train.data_finetune import ItemReport, collate, sample_items
-    from train.finetune import build_model, data_params, load_finetune_config, task_losses
+    from train.finetune import data_params, task_losses
+    from train.finetune_config import load_finetune_config
+    from train.models.multitask import build_model
+    from train.models.tasks import TASKS
 
     cfg = load_finetune_config(
         "configs/finetune/multi_tiny.yaml", [f"model.image_size=[{size[0]},{size[1]}]", "model.depth=4"]
     )
     torch.manual_seed(0)
-    model = build_model(cfg)
+    model = build_model(cfg.model_spec())
     spec, pose, dense = data_params(cfg)
     items = [
         it for i in range(8) for it in sample_items(person_sample(i, *size), spec, pose, dense, None, ItemReport())
@@ -58,8 +61,7 @@ def bench_multitask(size: tuple[int, int], repeats: int) -> None:
     for task in cfg.active_tasks:
         rows = shared[f"{task}_index"]
         batch = {"image": shared["image"][rows], f"{task}_index": torch.arange(len(rows))}
-        names = {"pose": ("pose_heatmaps", "pose_weights"), "seg": ("seg",), "depth": ("depth", "depth_mask")}
-        for name in names.get(task, ("normal", "normal_mask")):
+        for name in TASKS[task].targets:
             batch[name] = shared[name]
         per_task.append(batch)
 
@@ -83,12 +85,13 @@ def bench_data(size: tuple[int, int], repeats: int) -> None:
 
     from data_engine.shards import iter_samples
     from train.data_finetune import LabelSpec, iter_items
+    from train.models.tasks import TASK_NAMES
     from train.transforms.dense import DenseParams
     from train.transforms.pose import TopDownParams
 
     with tempfile.TemporaryDirectory() as folder:
         write_shards(os.path.join(folder, "people"), [person_sample(i, 256, 192) for i in range(32)], max_count=16)
-        spec = LabelSpec(tasks=("pose", "seg", "depth", "normal"), keypoint_set="coco17")
+        spec = LabelSpec(tasks=TASK_NAMES, keypoint_set="coco17")
         pose, dense = TopDownParams(input_size=size), DenseParams(input_size=size)
 
         def decode_only() -> int:

@@ -40,7 +40,8 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
-TASKS = ("pose", "seg", "depth", "normal")
+from train.models.tasks import TASK_NAMES as TASKS  # noqa: E402
+
 KNOWN_KERNELS = ("flash", "efficient", "cudnn", "math")
 
 

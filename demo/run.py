@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Literal
 
 from demo.stages import StageLog, hv_command, run_stage
+from train.models.tasks import TASK_NAMES
 
 Profile = Literal["full", "smoke"]
-TASKS = ("pose", "seg", "depth", "normal")
 
 
 @dataclass(frozen=True)
@@ -223,7 +223,7 @@ def run_demo(out: Path, profile: Profile = "full", labelstudio: bool = True) -> 
 
     log.banner("5/7 eval: held-out subjects, both runs and the trivial baselines")
     for init in ("pretrained", "random"):
-        for task in TASKS:
+        for task in TASK_NAMES:
             run_stage(
                 log,
                 f"eval-{init}-{task}",

@@ -5,18 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-# task -> (metric key in the eval output, higher is better)
-HEADLINE: dict[str, tuple[str, bool]] = {
-    "pose": ("AP", True),
-    "seg": ("mIoU", True),
-    "depth": ("rmse", False),
-    "normal": ("mean", False),
-}
+from eval.tasks import EVAL_TASKS
 
 
 def build_summary(paths: Any, baselines: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     summary: dict[str, dict[str, Any]] = {}
-    for task, (metric, higher) in HEADLINE.items():
+    for task, row in EVAL_TASKS.items():
+        metric, higher = row.headline, row.higher_is_better
         runs = {}
         for init in ("pretrained", "random"):
             metrics = json.loads((paths.eval(init, task) / "metrics.json").read_text())

@@ -22,8 +22,6 @@ import re
 import sys
 from typing import Any
 
-TASKS = ("pose", "seg", "depth", "normal")
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     ev = subparsers.add_parser("eval", help="metrics from files or a checkpoint; HTML reports")
@@ -160,11 +158,11 @@ def _unusable_output(command: str, folder: str | None = None, file: str | None =
 
 
 def _eval_model(task: str, args: argparse.Namespace) -> int:
-    from eval.checkpoint import CheckpointError
     from eval.config import EvalConfig
     from eval.metrics import MetricInputError
     from eval.model_eval import evaluate_checkpoint
     from train.config import ConfigError, load_config
+    from train.models.weights import CheckpointError
 
     if _unusable_output(f"hv eval {task}", args.out_dir, args.out):
         return 2
@@ -210,21 +208,10 @@ def _run_metric(fn, *args: Any, out: str | None) -> int:
 
 def _metric_from_files(task: str, args: argparse.Namespace) -> tuple[Any, tuple[Any, ...]]:
     """The file-based metric function of `task` and its arguments after --gt and --pred."""
-    if task == "pose":
-        from eval.metrics.pose import pose_metrics_from_files
+    from eval.tasks import EVAL_TASKS
 
-        return pose_metrics_from_files, (args.keypoints,)
-    if task == "seg":
-        from eval.metrics.seg import seg_metrics_from_files
-
-        return seg_metrics_from_files, (args.vocab,)
-    if task == "depth":
-        from eval.metrics.depth import depth_metrics_from_files
-
-        return depth_metrics_from_files, ()
-    from eval.metrics.normal import normal_metrics_from_files
-
-    return normal_metrics_from_files, ()
+    row = EVAL_TASKS[task]  # type: ignore[index]
+    return row.metric_function(), tuple(getattr(args, name) for name in row.file_options)
 
 
 def _eval_task(args: argparse.Namespace) -> int:
@@ -255,8 +242,8 @@ def _eval_report(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from eval.checkpoint import CheckpointError
     from eval.export import ExportError, ExportFormat, export_checkpoint, parse_size
+    from train.models.weights import CheckpointError
 
     if _unusable_output("hv export", file=args.out):
         return 2
@@ -288,10 +275,10 @@ def split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from eval.checkpoint import CheckpointError
     from eval.config import PredictConfig
     from eval.predict import PredictInputError, predict
     from train.config import ConfigError, load_config
+    from train.models.weights import CheckpointError
 
     inputs, overrides = split_overrides(args.inputs)
     if _unusable_output("hv predict", folder=args.out):

@@ -67,9 +67,11 @@ class PredictConfig:
     def validate(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        bad = [t for t in self.tasks if t not in ("pose", "seg", "depth", "normal")]
+        from train.models.tasks import TASK_NAMES
+
+        bad = [t for t in self.tasks if t not in TASK_NAMES]
         if bad:
-            raise ConfigError(f"tasks {bad}: each must be one of pose, seg, depth, normal")
+            raise ConfigError(f"tasks {bad}: each must be one of {', '.join(TASK_NAMES)}")
 
 
 def resolve_device(device: Device) -> str:

@@ -195,15 +195,15 @@ def export_checkpoint(
     with_decode: bool = False,
 ) -> ExportResult:
     """Load a fine-tuned checkpoint on CPU and export it (at its training size unless `size` is given)."""
-    from eval.checkpoint import load_finetuned
+    from train.models.weights import load_finetuned
 
     loaded = load_finetuned(checkpoint, device="cpu")
-    cfg = loaded.config
+    spec = loaded.spec
     metadata = {
         "checkpoint": os.path.abspath(loaded.path),
-        "arch": cfg.model.arch,
-        "keypoint_set": cfg.pose.keypoint_set if "pose" in loaded.tasks else None,
-        "seg_vocabulary": cfg.seg.vocabulary if "seg" in loaded.tasks else None,
+        "arch": spec.arch,
+        "keypoint_set": spec.keypoint_set if "pose" in loaded.tasks else None,
+        "seg_vocabulary": spec.vocabulary if "seg" in loaded.tasks else None,
     }
     return export_model(
         loaded.model,

@@ -6,7 +6,7 @@
 
 The Predictor (issue 7) owns the inference geometry, the training pipeline's own: top-down crops on the
 given boxes with UDP heatmap decoding, dense views that fit the whole image and map back to its pixels,
-Sapiens' flip test. Loading goes through `eval.checkpoint.load_finetuned` first, so a checkpoint whose
+Sapiens' flip test. Loading goes through `train.models.weights.load_finetuned` first, so a checkpoint whose
 weights do not fit its config fails with one clear message before anything runs.
 """
 
@@ -17,9 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from eval.checkpoint import LoadedModel, load_finetuned
-
-DENSE_TASKS = ("seg", "depth", "normal")
+from train.models.tasks import DENSE_TASKS
+from train.models.weights import LoadedModel, load_finetuned
 
 
 class ModelRunner:
@@ -27,15 +26,15 @@ class ModelRunner:
         from train.predictor import Predictor
 
         self.loaded = loaded
-        self.cfg = loaded.config
+        self.spec = loaded.spec
         self.flip_test = flip_test
         self.predictor = Predictor.from_model(
-            loaded.model, loaded.config, device, batch_size=batch_size, flip_test=flip_test
+            loaded.model, loaded.spec, device, batch_size=batch_size, flip_test=flip_test
         )
         self.tasks: tuple[str, ...] = tuple(self.predictor.tasks)
         self.input_size = loaded.image_size
-        self.keypoint_set: str = self.cfg.pose.keypoint_set
-        self.vocabulary: str = self.cfg.seg.vocabulary
+        self.keypoint_set: str = self.spec.keypoint_set
+        self.vocabulary: str = self.spec.vocabulary
 
     @classmethod
     def load(cls, checkpoint: str, batch_size: int = 8, flip_test: bool = False, device: str = "cpu") -> ModelRunner:
@@ -88,7 +87,7 @@ def map_keypoints(keypoints: np.ndarray, from_set: str, to_set: str) -> np.ndarr
 def describe(runner: ModelRunner) -> dict[str, Any]:
     return {
         "checkpoint": runner.loaded.path,
-        "arch": runner.cfg.model.arch,
+        "arch": runner.spec.arch,
         "tasks": list(runner.tasks),
         "input_size": list(runner.input_size),
         "flip_test": runner.flip_test,

@@ -18,7 +18,7 @@ import os
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -26,8 +26,9 @@ from data_engine.coco import gt_annotation, gt_category
 from data_engine.sample import Sample
 from eval.config import BadSamples, EvalConfig, resolve_device
 from eval.metrics import MetricInputError
+from train.models.tasks import Task
 
-EvalTask = Literal["pose", "seg", "depth", "normal"]
+EvalTask = Task
 
 
 def _samples(shards: list[str], cfg: EvalConfig, report) -> Iterator[Sample]:
@@ -45,8 +46,8 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Metrics of `task` for the model in `checkpoint` over the samples of `shards` (see the module doc)."""
     from data_engine.shards import ReadReport, ShardError, expand
-    from eval.checkpoint import load_finetuned
     from eval.inference import ModelRunner, describe
+    from train.models.weights import load_finetuned
 
     try:
         paths = expand(shards)
@@ -58,7 +59,9 @@ def evaluate_checkpoint(
     runner = ModelRunner(loaded, cfg.batch_size, cfg.flip_test, resolve_device(cfg.device))
     report = ReadReport()
     pictures = _PictureWriter(out_dir, cfg.pictures, runner)
-    scorer = {"pose": _PoseScorer, "seg": _SegScorer, "depth": _DepthScorer, "normal": _NormalScorer}[task](runner, cfg)
+    from eval.tasks import EVAL_TASKS
+
+    scorer = EVAL_TASKS[task].scorer_class()(runner, cfg)
     try:
         for sample in _samples(paths, cfg, report):
             scorer.add(sample, pictures)
@@ -142,7 +145,7 @@ class _Scorer(ABC):
         return []
 
 
-class _PoseScorer(_Scorer):
+class PoseScorer(_Scorer):
     """Builds the COCO ground truth and results of the set, then scores them with `pose_metrics`."""
 
     def __init__(self, runner, cfg: EvalConfig) -> None:
@@ -299,7 +302,7 @@ class _DenseScorer(_Scorer):
     def pictures(self, sample: Sample, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-class _SegScorer(_DenseScorer):
+class SegScorer(_DenseScorer):
     task = member = "seg"
 
     def __init__(self, runner, cfg: EvalConfig) -> None:
@@ -333,7 +336,7 @@ class _SegScorer(_DenseScorer):
         return result
 
 
-class _DepthScorer(_DenseScorer):
+class DepthScorer(_DenseScorer):
     task = member = "depth"
 
     def __init__(self, runner, cfg: EvalConfig) -> None:
@@ -366,7 +369,7 @@ class _DepthScorer(_DenseScorer):
         return result
 
 
-class _NormalScorer(_DenseScorer):
+class NormalScorer(_DenseScorer):
     task = member = "normal"
 
     def __init__(self, runner, cfg: EvalConfig) -> None:

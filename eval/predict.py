@@ -188,10 +188,10 @@ def predict(
     """Predict every input (see the module doc); returns the index written to OUT/index.json."""
     from tqdm import tqdm
 
-    from eval.checkpoint import load_finetuned
     from eval.coco_results import image_id as coco_image_id
     from eval.coco_results import keypoint_result
     from eval.inference import DENSE_TASKS, ModelRunner, describe
+    from train.models.weights import load_finetuned
 
     images, shards = collect_inputs(inputs)
     boxes = _Boxes(cfg, boxes_file)

@@ -25,12 +25,10 @@ import numpy as np
 from data_engine import schema
 from data_engine.sample import Sample
 from data_engine.shards import BadSamplePolicy, ReadReport, expand, iter_samples
-from train.heads import Task
+from train.models.tasks import DENSE_TASKS, TASKS, Task
 from train.transforms import normalize_image
 from train.transforms.dense import DenseParams, dense_item
 from train.transforms.pose import TopDownParams, lower_body_mask, topdown_item
-
-DENSE_TASKS: tuple[Task, ...] = ("seg", "depth", "normal")
 
 
 @dataclass
@@ -100,13 +98,8 @@ def sample_items(
     if dense_tasks:
         view = dense_item(sample, dense_params, rng, backgrounds)
         targets: dict[str, np.ndarray] = {}
-        if "seg" in dense_tasks and view.seg is not None:
-            targets["seg"] = view.seg
-        if "depth" in dense_tasks and view.depth is not None and view.depth_mask is not None:
-            targets["depth"], targets["depth_mask"] = view.depth, view.depth_mask
-        if "normal" in dense_tasks and view.normal is not None and view.normal_mask is not None:
-            targets["normal"] = np.ascontiguousarray(view.normal.transpose(2, 0, 1))
-            targets["normal_mask"] = view.normal_mask
+        for task in dense_tasks:
+            targets |= TASKS[task].view_targets(view) or {}  # type: ignore[misc]
         items.append(Item(image=normalize_image(view.image), targets=targets, key=sample.key))
         for task in dense_tasks:
             report.items[task] += 1
@@ -229,13 +222,7 @@ def collate(items: Sequence[Item]) -> dict[str, np.ndarray]:
     if len(shapes) > 1:
         raise ValueError(f"items have different image shapes {sorted(shapes)}: crops and views must share a size")
     batch: dict[str, np.ndarray] = {"image": np.stack([it.image for it in items])}
-    groups = {
-        "pose": ("pose_heatmaps", "pose_weights"),
-        "seg": ("seg",),
-        "depth": ("depth", "depth_mask"),
-        "normal": ("normal", "normal_mask"),
-    }
-    for task, names in groups.items():
+    for task, names in ((t, d.targets) for t, d in TASKS.items()):
         rows = [i for i, it in enumerate(items) if names[0] in it.targets]
         if not rows:
             continue

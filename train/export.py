@@ -170,6 +170,9 @@ def export_weights(run_dir: str, out: str | None = None, tag: str | None = None,
     out = out or os.path.join(run_dir, "weights.safetensors" if part == "full" else "encoder.safetensors")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     meta = {"format": "humanvision", "part": part, "config": config_text, "source": os.path.abspath(run_dir)}
+    spec = _finetune_spec(config_text) if part == "full" else None
+    if spec is not None:
+        meta["model_spec"] = spec  # what train.models.weights.load_finetuned reads first
     tmp = f"{out}.tmp-{os.getpid()}"
     save_file(state, tmp, metadata=meta)
     os.replace(tmp, out)
@@ -177,6 +180,18 @@ def export_weights(run_dir: str, out: str | None = None, tag: str | None = None,
         with open(os.path.splitext(out)[0] + ".yaml", "w") as f:
             f.write(config_text)
     return out
+
+
+def _finetune_spec(config_text: str) -> str | None:
+    """The ModelSpec JSON of a fine-tuning run's config (it has a `task`); None for other runs (pretraining)."""
+    import yaml
+
+    from train.models.spec import ModelSpec
+
+    raw = yaml.safe_load(config_text) if config_text else None
+    if not isinstance(raw, dict) or "task" not in raw:
+        return None
+    return ModelSpec.from_config_dict(raw).to_json()
 
 
 def read_weights(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

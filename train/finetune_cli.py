@@ -39,8 +39,9 @@ def _finetune(args: argparse.Namespace) -> int:
     from data_engine.outputs import prepare_output_dir
     from data_engine.shards import expand
     from train.config import ConfigError, save_config
-    from train.finetune import load_finetune_config, resolve_weights_file
+    from train.finetune_config import load_finetune_config
     from train.launch import launch_from_args
+    from train.models.weights import resolve_weights_file
 
     try:
         cfg = load_finetune_config(args.config, args.overrides, task=args.task, init=args.init)

@@ -19,7 +19,6 @@ over the person): align it to metric depth with a least-squares scale and shift 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,10 +27,13 @@ import torch
 import torch.nn.functional as F
 
 from data_engine import schema
-from train.finetune import FinetuneConfig, FinetuneModel, build_model, data_params, resolve_weights_file
+from train.models.multitask import FinetuneModel
+from train.models.spec import ModelSpec
+from train.models.tasks import DENSE_TASKS, TASKS
+from train.models.weights import load_finetuned
 from train.transforms import invert_affine, normalize_image, warp
-from train.transforms.dense import dense_matrix
-from train.transforms.pose import crop_matrix, decode_heatmaps, flip_heatmaps, heatmap_to_image
+from train.transforms.dense import DenseParams, dense_matrix
+from train.transforms.pose import TopDownAugment, TopDownParams, crop_matrix, decode_heatmaps, heatmap_to_image
 
 
 @dataclass
@@ -68,50 +70,50 @@ class Predictor:
         flip_test: bool = False,
         heatmap_blur: int | None = None,
     ) -> None:
-        file = resolve_weights_file(checkpoint)
-        cfg = config_from_checkpoint(file)
-        model = build_model(cfg)
-        state = _read_state(file)
-        result = model.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise ValueError(
-                f"{file}: weights do not fit the model of its config (missing {result.missing_keys[:5]}, "
-                f"unexpected {result.unexpected_keys[:5]})"
-            )
-        self._setup(model, cfg, device, batch_size, flip_test, heatmap_blur)
-        self.checkpoint = file
+        loaded = load_finetuned(checkpoint)
+        self._setup(loaded.model, loaded.spec, device, batch_size, flip_test, heatmap_blur)
+        self.checkpoint = loaded.path
 
     @classmethod
     def from_model(
-        cls, model: FinetuneModel, cfg: FinetuneConfig, device: str | torch.device = "cpu", **kwargs
+        cls,
+        model: FinetuneModel,
+        spec: ModelSpec,
+        device: str | torch.device = "cpu",
+        batch_size: int = 8,
+        flip_test: bool = False,
+        heatmap_blur: int | None = None,
     ) -> Predictor:
         """A Predictor around a model in memory (no file)."""
         self = cls.__new__(cls)
-        self._setup(
-            model, cfg, device, kwargs.get("batch_size", 8), kwargs.get("flip_test", False), kwargs.get("heatmap_blur")
-        )
+        self._setup(model, spec, device, batch_size, flip_test, heatmap_blur)
         self.checkpoint = None
         return self
 
-    def _setup(self, model, cfg, device, batch_size: int, flip_test: bool, heatmap_blur: int | None) -> None:
+    def _setup(self, model, spec: ModelSpec, device, batch_size: int, flip_test: bool, heatmap_blur: int | None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.cfg = cfg
+        self.spec = spec
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.batch_size = batch_size
         self.flip_test = flip_test
-        _, self.pose_params, self.dense_params = data_params(cfg)
+        self.input_size = spec.image_size
+        # Inference crops and views: the model's geometry, no augmentation (rng None everywhere below).
+        self.pose_params = TopDownParams(self.input_size, TopDownAugment(bbox_padding=spec.bbox_padding))
+        self.dense_params = DenseParams(self.input_size)
         # DARK smooths predicted heatmaps before refining (its 11 x 11 kernel suits 64 x 48 maps); a kernel of
         # 2 sigma + 1 keeps small maps' peaks off the borders' influence (measured: 0.8 px vs 2 px at 16 x 12).
-        self.heatmap_blur = heatmap_blur if heatmap_blur is not None else 2 * int(np.ceil(cfg.pose.sigma)) + 1
+        self.heatmap_blur = heatmap_blur if heatmap_blur is not None else 2 * int(np.ceil(spec.pose_sigma)) + 1
         self.tasks: tuple[str, ...] = tuple(model.heads.keys())
-        self.keypoint_names = schema.subset_names(cfg.pose.keypoint_set) if "pose" in self.tasks else []
-        self.keypoint_flip = schema.subset_flip_indices(cfg.pose.keypoint_set)
-        vocab = schema.vocabulary(cfg.seg.vocabulary)
+        self.keypoint_names = schema.subset_names(spec.keypoint_set) if "pose" in self.tasks else []
+        vocab = schema.vocabulary(spec.vocabulary)
         self.class_names = vocab.names if "seg" in self.tasks else []
-        self.class_flip = vocab.flip_lut()[: len(vocab)].astype(np.int64)
-        self.input_size = tuple(int(v) for v in cfg.model.image_size)
+        # The mirror permutation of each head's channels, for the flip test.
+        self._flip = {
+            "pose": torch.from_numpy(np.asarray(schema.subset_flip_indices(spec.keypoint_set), dtype=np.int64)),
+            "seg": torch.from_numpy(vocab.flip_lut()[: len(vocab)].astype(np.int64)),
+        }
 
     # ------------------------------------------------------------------------------------------------ pose
 
@@ -159,18 +161,26 @@ class Predictor:
 
     @torch.no_grad()
     def _heatmaps(self, batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(batch).to(self.device)
-        heatmaps = self.model(x, {"pose": torch.arange(len(x), device=self.device)})["pose"].float().cpu().numpy()
+        return self._run(torch.from_numpy(batch).to(self.device), ["pose"])["pose"].cpu().numpy()
+
+    @torch.no_grad()
+    def _run(self, x: torch.Tensor, tasks: list[str]) -> dict[str, torch.Tensor]:
+        """Each task's activated fp32 output on the batch `x`; with the flip test, averaged with the un-mirrored
+        output of the mirrored batch (`TaskDef.activate` / `TaskDef.unflip`)."""
+        rows = torch.arange(len(x), device=self.device)
+        out = {t: TASKS[t].activate(v.float()) for t, v in self.model(x, {t: rows for t in tasks}).items()}
         if self.flip_test:
-            mirrored = self.model(x.flip(-1), {"pose": torch.arange(len(x), device=self.device)})["pose"]
-            heatmaps = 0.5 * (heatmaps + flip_heatmaps(mirrored.float().cpu().numpy(), self.keypoint_flip))
-        return heatmaps
+            mirrored = self.model(x.flip(-1), {t: rows for t in tasks})
+            for t in tasks:
+                task = TASKS[t]  # type: ignore[index]
+                out[t] = task.combine(out[t], task.unflip(task.activate(mirrored[t].float()), self._flip.get(t)))
+        return out
 
     # ----------------------------------------------------------------------------------------------- dense
 
     def dense(self, images: Sequence[np.ndarray], tasks: Sequence[str] | None = None) -> list[DensePrediction]:
         """Seg / depth / normal maps at each image's own size (default: every dense task of the model)."""
-        wanted = [t for t in ("seg", "depth", "normal") if t in self.tasks and (tasks is None or t in tasks)]
+        wanted = [t for t in DENSE_TASKS if t in self.tasks and (tasks is None or t in tasks)]
         if tasks is not None and (missing := sorted(set(tasks) - set(wanted))):
             raise ValueError(f"this checkpoint has no {missing} head (tasks: {', '.join(self.tasks)})")
         if not wanted:
@@ -190,27 +200,8 @@ class Predictor:
                 results.append(self._to_image(outputs, j, matrices[j], image.shape[:2]))
         return results
 
-    @torch.no_grad()
     def _dense_outputs(self, batch: np.ndarray, tasks: list[str]) -> dict[str, torch.Tensor]:
-        x = torch.from_numpy(batch).to(self.device)
-        rows = torch.arange(len(x), device=self.device)
-        out = {t: v.float() for t, v in self.model(x, {t: rows for t in tasks}).items()}
-        if "seg" in out:
-            out["seg"] = out["seg"].softmax(1)
-        if "normal" in out:
-            out["normal"] = F.normalize(out["normal"], dim=1)
-        if self.flip_test:
-            mirrored = {t: v.float() for t, v in self.model(x.flip(-1), {t: rows for t in tasks}).items()}
-            if "seg" in out:  # un-mirror: flip x and give each class its mirror class's score
-                probs = mirrored["seg"].softmax(1).flip(-1)
-                out["seg"] = 0.5 * (out["seg"] + probs[:, torch.from_numpy(self.class_flip).to(x.device)])
-            if "depth" in out:
-                out["depth"] = 0.5 * (out["depth"] + mirrored["depth"].flip(-1))
-            if "normal" in out:
-                normal = F.normalize(mirrored["normal"], dim=1).flip(-1)
-                normal[:, 0] = -normal[:, 0]
-                out["normal"] = F.normalize(out["normal"] + normal, dim=1)
-        return out
+        return self._run(torch.from_numpy(batch).to(self.device), tasks)
 
     def _to_image(
         self, outputs: dict[str, torch.Tensor], j: int, matrix: np.ndarray, size: tuple[int, int]
@@ -242,34 +233,7 @@ class Predictor:
         return pred
 
 
-# ------------------------------------------------------------------------------------------------ loading
-
-
-def config_from_checkpoint(file: str) -> FinetuneConfig:
-    """The FinetuneConfig stored in a checkpoint's header (or a config.yaml beside it)."""
-    from omegaconf import OmegaConf
-
-    from train.finetune import read_embedded_config
-
-    raw = read_embedded_config(file)
-    if raw is None:
-        raise ValueError(f"{file}: no config in the file's header nor a config.yaml beside it; not a fine-tuned export")
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(FinetuneConfig), OmegaConf.create(raw))
-        return OmegaConf.to_object(merged)  # type: ignore[return-value]
-    except Exception as e:
-        raise ValueError(f"{file}: its config is not a fine-tuning config ({type(e).__name__}: {e})") from None
-
-
-def _read_state(file: str) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    if not os.path.isfile(file):
-        raise FileNotFoundError(f"checkpoint {file!r} does not exist")
-    try:
-        return load_file(file)
-    except Exception as e:
-        raise ValueError(f"{file}: not a readable safetensors file ({type(e).__name__}: {e})") from None
+# ---------------------------------------------------------------------------------------------- checking
 
 
 def _check_image(image: np.ndarray, index: int) -> None:

@@ -168,7 +168,7 @@ def pretrain_config(arch: str, args: argparse.Namespace) -> Any:
 
 
 def finetune_config(task: str, arch: str, args: argparse.Namespace) -> Any:
-    from train.finetune import load_finetune_config
+    from train.finetune_config import load_finetune_config
 
     path = os.path.join("configs", "finetune", f"{task}_{arch}.yaml")
     overrides = [f"model.arch={arch}", f"model.image_size=[{args.size},{args.size * 3 // 4}]"]
@@ -228,20 +228,20 @@ def mae_case(arch: str, args: argparse.Namespace, device: torch.device, peak: fl
 
 def finetune_batch(cfg: Any, device: torch.device) -> dict[str, torch.Tensor]:
     """Synthetic rows of every active task, in the shapes and dtypes of `train.data_finetune.collate`."""
-    from train.finetune import head_out_channels
-    from train.heads import output_stride
+    from train.models.tasks import output_stride
 
+    spec = cfg.model_spec()
     b, (h, w) = cfg.batch_size, cfg.model.image_size
     rows = torch.arange(b, device=device)
     batch = {"image": torch.randn(b, 3, h, w, device=device)}
     for task in cfg.active_tasks:
         batch[f"{task}_index"] = rows
         if task == "pose":
-            k, stride = head_out_channels(cfg, "pose"), output_stride("pose")
+            k, stride = spec.out_channels("pose"), output_stride("pose")
             batch["pose_heatmaps"] = torch.rand(b, k, h // stride, w // stride, device=device)
             batch["pose_weights"] = torch.ones(b, k, device=device)
         elif task == "seg":
-            batch["seg"] = torch.randint(0, head_out_channels(cfg, "seg"), (b, h, w), device=device)
+            batch["seg"] = torch.randint(0, spec.out_channels("seg"), (b, h, w), device=device)
         elif task == "depth":
             batch["depth"] = torch.rand(b, h, w, device=device) * 0.9 + 0.05
             batch["depth_mask"] = torch.ones(b, h, w, dtype=torch.bool, device=device)
@@ -254,7 +254,8 @@ def finetune_batch(cfg: Any, device: torch.device) -> dict[str, torch.Tensor]:
 
 def finetune_case(task: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     from data_engine import schema
-    from train.finetune import build_model, task_losses
+    from train.finetune import task_losses
+    from train.models.multitask import build_model
     from train.models.vit import arch_config
 
     cfg = finetune_config(task, args.finetune_arch, args)
@@ -268,7 +269,9 @@ def finetune_case(task: str, args: argparse.Namespace, device: torch.device) -> 
         tokens = (h // vit.patch_size) * (w // vit.patch_size)
         kernel = sdpa_kernel_for(cfg.batch_size, vit.num_heads, tokens, vit.embed_dim // vit.num_heads, dtype, device)
         reset_peak(device)  # as in mae_case: the probe runs first, outside the case's peak
-        engine = make_engine(lambda: build_model(cfg), cfg, device)
+        engine = make_engine(
+            lambda: build_model(cfg.model_spec(), grad_checkpointing=cfg.model.grad_checkpointing), cfg, device
+        )
         batch = finetune_batch(cfg, device)  # fp32 images, as the loader hands them over: the model casts them
         weight = None
         if task == "seg" and cfg.seg.class_weights:

@@ -143,7 +143,8 @@ def make_shards(folder: Path, count: int, seed: int = 0, with_labels: bool = Tru
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real (barely trained) pose + seg model: two steps of `hv train finetune` in this process."""
-    from train.finetune import load_finetune_config, run
+    from train.finetune import run
+    from train.finetune_config import load_finetune_config
 
     folder = tmp_path_factory.mktemp("ckpt")
     make_shards(folder / "train", 4, seed=11, size=(48, 64))

@@ -117,7 +117,8 @@ def write_finetuned_checkpoint(
     from safetensors.torch import save_file
 
     from train.config import load_config, to_yaml
-    from train.finetune import FinetuneConfig, build_model
+    from train.finetune_config import FinetuneConfig
+    from train.models.multitask import build_model
 
     cfg = load_config(
         FinetuneConfig,
@@ -131,7 +132,7 @@ def write_finetuned_checkpoint(
         ],
     )
     torch.manual_seed(seed)
-    model = build_model(cfg)
+    model = build_model(cfg.model_spec())
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, path, metadata={"config": to_yaml(cfg), "format": "finetune"})

@@ -10,7 +10,7 @@ import pytest
 import torch
 from eval_testdata import write_finetuned_checkpoint
 
-from eval.checkpoint import CheckpointError, load_finetuned
+from train.models.weights import CheckpointError, load_finetuned
 from eval.export import parse_size
 from humanvision_cli import main
 

@@ -22,7 +22,8 @@ def test_there_is_a_tiny_config_per_task_and_sapiens_configs_per_size() -> None:
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
 def test_config_builds_its_model(path) -> None:
-    from train.finetune import build_model, head_out_channels, load_finetune_config
+    from train.finetune_config import load_finetune_config
+    from train.models.multitask import build_model
 
     cfg = load_finetune_config(path, ["data.shards=unused"])
     assert cfg.task.value == os.path.basename(path).split("_")[0]
@@ -31,9 +32,9 @@ def test_config_builds_its_model(path) -> None:
         assert cfg.optim.lr == (5e-5 if cfg.task.value == "pose" else 5e-4) and cfg.optim.weight_decay == 0.1
         assert os.path.isfile(os.path.join(ROOT, cfg.deepspeed_config))
     with torch.device("meta"):
-        model = build_model(cfg)
+        model = build_model(cfg.model_spec())
     assert set(model.tasks) == set(cfg.active_tasks)
     for task, head in model.heads.items():
-        assert head.out_channels == head_out_channels(cfg, task)
+        assert head.out_channels == cfg.model_spec().out_channels(task)
     if cfg.task.value == "pose" and "sapiens" in path:
         assert model.heads["pose"].out_channels == 308

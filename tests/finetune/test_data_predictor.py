@@ -115,7 +115,7 @@ def test_stream_is_deterministic_and_ranks_do_not_overlap(shard_dir) -> None:
 
 
 def _multi_cfg(*extra: str):
-    from train.finetune import load_finetune_config
+    from train.finetune_config import load_finetune_config
 
     return load_finetune_config(
         "configs/finetune/multi_tiny.yaml",
@@ -124,11 +124,12 @@ def _multi_cfg(*extra: str):
 
 
 def test_multi_task_loss_touches_every_head_even_without_its_rows() -> None:
-    from train.finetune import build_model, task_losses
+    from train.finetune import task_losses
+    from train.models.multitask import build_model
 
     cfg = _multi_cfg()
     torch.manual_seed(0)
-    model = build_model(cfg)
+    model = build_model(cfg.model_spec())
     items = sample_items(only(person_sample(0, *SIZE), "seg", "mask"), MULTI, POSE, DENSE, None, ItemReport())
     batch = {k: torch.from_numpy(v) for k, v in collate(items).items()}
     loss, logs = task_losses(model, batch, cfg, None)
@@ -143,11 +144,11 @@ def test_multi_task_loss_touches_every_head_even_without_its_rows() -> None:
 
 @pytest.fixture(scope="module")
 def seg_predictor():
-    from train.finetune import build_model
+    from train.models.multitask import build_model
     from train.predictor import Predictor
 
     cfg = _multi_cfg("tasks=[seg]")
-    return Predictor.from_model(build_model(cfg), cfg)
+    return Predictor.from_model(build_model(cfg.model_spec()), cfg.model_spec())
 
 
 def test_predictor_rejects_bad_images_and_boxes(seg_predictor) -> None:
@@ -167,11 +168,11 @@ def test_predictor_rejects_bad_images_and_boxes(seg_predictor) -> None:
 
 
 def test_predictor_pose_boxes(tmp_path) -> None:
-    from train.finetune import build_model
+    from train.models.multitask import build_model
     from train.predictor import Predictor
 
     cfg = _multi_cfg("tasks=[pose]", "pose.keypoint_set=coco17")
-    predictor = Predictor.from_model(build_model(cfg), cfg, batch_size=2)
+    predictor = Predictor.from_model(build_model(cfg.model_spec()), cfg.model_spec(), batch_size=2)
     image = person_sample(0, *SIZE).image
     with pytest.raises(ValueError, match="1 images but 2 box lists"):
         predictor.pose([image], [[], []])
@@ -187,13 +188,14 @@ def test_predictor_pose_boxes(tmp_path) -> None:
 def test_predictor_rejects_bad_checkpoint_files(tmp_path) -> None:
     from safetensors.torch import save_file
 
+    from train.models.weights import CheckpointError
     from train.predictor import Predictor
 
-    with pytest.raises(FileNotFoundError, match="no such weights file"):
+    with pytest.raises(CheckpointError, match=r"missing\.safetensors' does not exist"):
         Predictor(str(tmp_path / "missing.safetensors"))
     empty_run = tmp_path / "run"
     empty_run.mkdir()
-    with pytest.raises(FileNotFoundError, match="export it"):
+    with pytest.raises(CheckpointError, match="export it"):
         Predictor(str(empty_run))
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x00\x01 not a safetensors file")
@@ -201,7 +203,7 @@ def test_predictor_rejects_bad_checkpoint_files(tmp_path) -> None:
         Predictor(str(garbage))
     no_config = tmp_path / "bare.safetensors"
     save_file({"w": torch.zeros(2)}, str(no_config))
-    with pytest.raises(ValueError, match="no config"):
+    with pytest.raises(CheckpointError, match=r"bare\.safetensors: no fine-tuning config"):
         Predictor(str(no_config))
 
 

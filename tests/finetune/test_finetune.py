@@ -41,7 +41,8 @@ def shards(tmp_path_factory, samples):
 
 
 def train(task: str, out: str, shards: list[str], steps: int, *extra: str):
-    from train.finetune import load_finetune_config, run
+    from train.finetune import run
+    from train.finetune_config import load_finetune_config
 
     overrides = [
         f"data.shards={','.join(shards)}",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from train.heads import HEAD_SPECS, TASKS, build_head, output_stride
+from train.models.heads import build_head
+from train.models.tasks import TASKS, output_stride
 
 
 @pytest.mark.parametrize("task,channels", [("pose", 17), ("seg", 28), ("normal", 3), ("depth", 1)])
@@ -25,7 +26,7 @@ def test_head_shapes_and_backward(task, channels) -> None:
 
 def test_strides_follow_the_design() -> None:
     assert {t: output_stride(t) for t in TASKS} == {"pose": 4, "seg": 2, "depth": 1, "normal": 2}
-    assert HEAD_SPECS["depth"].channels == 384 and HEAD_SPECS["pose"].channels == 768
+    assert TASKS["depth"].head.channels == 384 and TASKS["pose"].head.channels == 768
 
 
 def test_unknown_task_names_the_choices() -> None:

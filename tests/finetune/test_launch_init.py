@@ -46,18 +46,19 @@ def pretrain_run(tmp_path_factory, shards) -> str:
 
 
 def tiny_model(depth: int = 2):
-    from train.finetune import build_model, load_finetune_config
+    from train.finetune_config import load_finetune_config
+    from train.models.multitask import build_model
 
     cfg = load_finetune_config(
         os.path.join(ROOT, "configs/finetune/multi_tiny.yaml"), [f"model.depth={depth}", "model.image_size=[64,48]"]
     )
-    return build_model(cfg)
+    return build_model(cfg.model_spec())
 
 
 @pytest.mark.slow
 def test_init_from_pretrain_export_loads_every_backbone_weight(pretrain_run) -> None:
     from train.export import read_weights
-    from train.finetune import load_init
+    from train.models.weights import load_init
 
     model = tiny_model()
     report = load_init(model, os.path.join(pretrain_run, "weights.safetensors"))
@@ -80,7 +81,7 @@ def test_init_from_pretrain_export_loads_every_backbone_weight(pretrain_run) -> 
 
 @pytest.mark.slow
 def test_init_with_the_wrong_depth_names_the_source_arch(pretrain_run) -> None:
-    from train.finetune import load_init
+    from train.models.weights import load_init
 
     with pytest.raises(ValueError, match=r"missing \['blocks.2.*arch=tiny depth=2"):
         load_init(tiny_model(depth=4), pretrain_run)
@@ -124,7 +125,7 @@ def test_two_cpu_processes_at_zero2_from_pretrain(tmp_path, shards, pretrain_run
         (["model.arch=huge"], "model.arch"),
         (["model.image_size=[60,48]"], "multiple of 16"),
         (["pose.keypoint_set=elbows"], "unknown keypoint subset"),
-        (["seg.vocabulary=pascal"], "unknown class vocabulary"),
+        (["seg.vocabulary=pascal"], "expected one of [goliath28, lip20]"),
         (["data.shards=''"], "data.shards is empty"),
         (["data.shards=/nonexistent/*.tar"], "no shards match"),
         (["--init", "/nonexistent/run"], "no such weights file"),

@@ -83,19 +83,21 @@ def test_ohkm_rejects_bad_input(pred, target, weight, topk, message) -> None:
 def _config(*overrides: str):
     import os
 
-    from train.finetune import load_finetune_config
+    from train.finetune_config import load_finetune_config
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     return load_finetune_config(os.path.join(root, "configs/finetune/pose_tiny.yaml"), ["data.shards=x", *overrides])
 
 
 def test_pose_loss_key_selects_ohkm_in_the_training_loss() -> None:
-    from train.finetune import PoseLoss, build_model, task_losses
+    from train.finetune import task_losses
+    from train.finetune_config import PoseLoss
+    from train.models.multitask import build_model
 
     mse_cfg, ohkm_cfg = _config(), _config("pose.loss=ohkm", "pose.ohkm_topk=4")
     assert mse_cfg.pose.loss == PoseLoss.mse and ohkm_cfg.pose.loss == PoseLoss.ohkm
     torch.manual_seed(0)
-    model = build_model(mse_cfg).eval()
+    model = build_model(mse_cfg.model_spec()).eval()
     h, w = mse_cfg.model.image_size
     batch = {
         "image": torch.randn(2, 3, h, w),
@@ -126,7 +128,7 @@ def test_ohkm_topk_outside_the_keypoint_set_fails_at_start_up(overrides, message
 def test_sapiens_1b_config_uses_ohkm_top128_and_the_others_mse() -> None:
     import os
 
-    from train.finetune import PoseLoss, load_finetune_config
+    from train.finetune_config import PoseLoss, load_finetune_config
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     for size, loss in (("0.3b", PoseLoss.mse), ("1b", PoseLoss.ohkm), ("2b", PoseLoss.mse)):

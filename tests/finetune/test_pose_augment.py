@@ -10,8 +10,10 @@ from ft_synthetic import person_sample
 
 from data_engine import schema
 from train.transforms import apply_affine
-from train.transforms.photometric import PhotometricParams, coarse_dropout, color_jitter, photometric_augment
+from train.transforms.photometric import PhotometricConfig, coarse_dropout, color_jitter, photometric_augment
 from train.transforms.pose import (
+    HalfBodyConfig,
+    TopDownAugment,
     TopDownParams,
     crop_matrix,
     decode_heatmaps,
@@ -24,9 +26,26 @@ from train.transforms.pose import (
 COCO_FLIP = schema.subset_flip_indices("coco17")
 COCO_LOWER = lower_body_mask("coco17")
 # No geometric randomness: the crop is exactly the (half-body) box, so its contents can be predicted.
-FIXED = TopDownParams(input_size=(128, 96), sigma=2.0, scale_range=(1.0, 1.0), rotation_prob=0.0, shift=0.0)
-FIXED = dataclasses.replace(FIXED, flip_prob=0.0)
-PIXELS_OFF = PhotometricParams(jitter_prob=0.0, blur_prob=0.0, median_blur_prob=0.0, dropout_prob=0.0)
+
+
+def topdown(half_body: float = 0.0, photometric: PhotometricConfig | None = None, **augment) -> TopDownParams:
+    """128x96 crops; half-body with probability `half_body`; no pixel changes unless `photometric` is given."""
+    pixels = photometric or PhotometricConfig(enabled=False)
+    aug = TopDownAugment(half_body=HalfBodyConfig(prob=half_body), photometric=pixels, **augment)
+    return TopDownParams((128, 96), aug)
+
+
+def with_half_body(params: TopDownParams, **changes) -> TopDownParams:
+    half_body = dataclasses.replace(params.augment.half_body, **changes)
+    return dataclasses.replace(params, augment=dataclasses.replace(params.augment, half_body=half_body))
+
+
+def with_pixels(params: TopDownParams, photometric: PhotometricConfig) -> TopDownParams:
+    return dataclasses.replace(params, augment=dataclasses.replace(params.augment, photometric=photometric))
+
+
+FIXED = topdown(sigma=2.0, scale_range=[1.0, 1.0], rotation_prob=0.0, shift=0.0, flip_prob=0.0)
+PIXELS_OFF = PhotometricConfig(jitter_prob=0.0, blur_prob=0.0, median_blur_prob=0.0, dropout_prob=0.0)
 
 
 def _figure() -> tuple[np.ndarray, np.ndarray, tuple[float, float, float, float]]:
@@ -66,7 +85,7 @@ def test_lower_body_is_hips_knees_ankles_and_feet() -> None:
 @pytest.mark.parametrize(("upper_prob", "half"), [(1.0, "upper"), (0.0, "lower")])
 def test_half_body_crop_holds_the_chosen_half_and_its_targets(upper_prob, half) -> None:
     image, kp, bbox = _figure()
-    params = dataclasses.replace(FIXED, half_body_prob=1.0, half_body_upper_prob=upper_prob)
+    params = with_half_body(FIXED, prob=1.0, upper_prob=upper_prob)
     item = topdown_item(image, kp, bbox, COCO_FLIP, params, np.random.default_rng(0), COCO_LOWER)
     chosen = ~COCO_LOWER if half == "upper" else COCO_LOWER
     # The crop is centred on the chosen keypoints' mean and every one of them is inside with weight 1.
@@ -96,22 +115,22 @@ def test_half_body_crop_contains_exactly_the_chosen_half_when_the_halves_are_apa
     kp[3, 2] = 0.0  # an unlabelled upper keypoint stays unlabelled
     image = np.full((420, 300, 3), 100, np.uint8)
     for upper_prob, chosen in ((1.0, ~COCO_LOWER), (0.0, COCO_LOWER)):
-        params = dataclasses.replace(FIXED, half_body_prob=1.0, half_body_upper_prob=upper_prob)
+        params = with_half_body(FIXED, prob=1.0, upper_prob=upper_prob)
         item = topdown_item(image, kp, (90, 40, 210, 390), COCO_FLIP, params, np.random.default_rng(0), COCO_LOWER)
         np.testing.assert_array_equal(item.weights > 0, chosen & (kp[:, 2] > 0))
 
 
 def test_half_body_falls_back_to_the_other_half_or_to_the_whole_box() -> None:
     image, kp, bbox = _figure()
-    params = dataclasses.replace(FIXED, half_body_prob=1.0, half_body_upper_prob=1.0)
+    params = with_half_body(FIXED, prob=1.0, upper_prob=1.0)
     rng = np.random.default_rng(0)
     one_upper = kp.copy()
     one_upper[1:11, 2] = 0  # only the nose left of the upper body: below min_upper = 2, so the legs are taken
-    relaxed = dataclasses.replace(params, half_body_min_keypoints=5)
+    relaxed = with_half_body(params, min_keypoints=5)
     np.testing.assert_array_equal(half_body_ids(one_upper, COCO_LOWER, relaxed, rng), np.flatnonzero(COCO_LOWER))
     two_lower = kp.copy()
     two_lower[13:, 2] = 0  # hips only: below min_lower = 3, so the upper body is taken even when legs are preferred
-    legs_first = dataclasses.replace(params, half_body_upper_prob=0.0)
+    legs_first = with_half_body(params, upper_prob=0.0)
     np.testing.assert_array_equal(half_body_ids(two_lower, COCO_LOWER, legs_first, rng), np.flatnonzero(~COCO_LOWER))
     few = kp.copy()
     few[9:, 2] = 0  # 9 labelled keypoints are enough (min 9), 8 are not
@@ -120,13 +139,13 @@ def test_half_body_falls_back_to_the_other_half_or_to_the_whole_box() -> None:
     assert half_body_ids(few, COCO_LOWER, params, rng) is None
     item = topdown_item(image, few, bbox, COCO_FLIP, params, rng, COCO_LOWER)
     np.testing.assert_allclose(item.matrix, crop_matrix(bbox, FIXED)[0])  # the whole-person crop
-    never = dataclasses.replace(params, half_body_prob=0.0)
+    never = with_half_body(params, prob=0.0)
     assert all(half_body_ids(kp, COCO_LOWER, never, rng) is None for _ in range(50))
 
 
 def test_half_body_probability_and_upper_preference() -> None:
     _, kp, _ = _figure()
-    params = dataclasses.replace(FIXED, half_body_prob=0.3, half_body_upper_prob=0.7)
+    params = with_half_body(FIXED, prob=0.3, upper_prob=0.7)
     rng = np.random.default_rng(0)
     picks = [half_body_ids(kp, COCO_LOWER, params, rng) for _ in range(2000)]
     taken = [p for p in picks if p is not None]
@@ -137,7 +156,7 @@ def test_half_body_probability_and_upper_preference() -> None:
 
 def test_half_body_needs_a_lower_body_mask_of_the_right_length() -> None:
     image, kp, bbox = _figure()
-    params = dataclasses.replace(FIXED, half_body_prob=0.5)
+    params = with_half_body(FIXED, prob=0.5)
     with pytest.raises(ValueError, match="lower_body"):
         topdown_item(image, kp, bbox, COCO_FLIP, params, np.random.default_rng(0))
     with pytest.raises(ValueError, match="lower_body"):
@@ -148,7 +167,7 @@ def test_half_body_needs_a_lower_body_mask_of_the_right_length() -> None:
 def test_full_augmentation_keeps_keypoints_and_heatmaps_consistent(seed) -> None:
     """Half-body + scale/rotation/shift/flip + photometric: decoded targets land on the labelled keypoints."""
     image, kp, bbox = _figure()
-    params = TopDownParams(input_size=(128, 96), sigma=2.0, half_body_prob=0.6, photometric=PhotometricParams())
+    params = topdown(half_body=0.6, photometric=PhotometricConfig(), sigma=2.0)
     rng = np.random.default_rng(seed)
     item = topdown_item(image, kp, bbox, COCO_FLIP, params, rng, COCO_LOWER)
     points, _ = decode_heatmaps(item.heatmaps[None])
@@ -165,19 +184,19 @@ def test_full_augmentation_keeps_keypoints_and_heatmaps_consistent(seed) -> None
 
 def test_photometric_changes_pixels_and_leaves_labels_untouched() -> None:
     image, kp, bbox = _figure()
-    base = TopDownParams(input_size=(128, 96), half_body_prob=0.5)
-    with_pixels = dataclasses.replace(base, photometric=PhotometricParams(jitter_prob=1.0))
+    base = topdown(half_body=0.5)
+    jitter = with_pixels(base, PhotometricConfig(jitter_prob=1.0))
     changed = 0
     for seed in range(6):
         plain = topdown_item(image, kp, bbox, COCO_FLIP, base, np.random.default_rng(seed), COCO_LOWER)
-        jittered = topdown_item(image, kp, bbox, COCO_FLIP, with_pixels, np.random.default_rng(seed), COCO_LOWER)
+        jittered = topdown_item(image, kp, bbox, COCO_FLIP, jitter, np.random.default_rng(seed), COCO_LOWER)
         np.testing.assert_array_equal(plain.matrix, jittered.matrix)
         np.testing.assert_array_equal(plain.heatmaps, jittered.heatmaps)
         np.testing.assert_array_equal(plain.weights, jittered.weights)
         assert jittered.image.shape == plain.image.shape and jittered.image.dtype == np.uint8
         changed += int(not np.array_equal(plain.image, jittered.image))
     assert changed == 6
-    off = dataclasses.replace(base, photometric=PIXELS_OFF)
+    off = with_pixels(base, PIXELS_OFF)
     same = topdown_item(image, kp, bbox, COCO_FLIP, off, np.random.default_rng(0), COCO_LOWER)
     np.testing.assert_array_equal(
         same.image, topdown_item(image, kp, bbox, COCO_FLIP, base, np.random.default_rng(0), COCO_LOWER).image
@@ -186,8 +205,8 @@ def test_photometric_changes_pixels_and_leaves_labels_untouched() -> None:
 
 def test_evaluation_crops_are_never_augmented() -> None:
     image, kp, bbox = _figure()
-    params = TopDownParams(input_size=(128, 96), half_body_prob=1.0, photometric=PhotometricParams())
-    plain = topdown_item(image, kp, bbox, COCO_FLIP, TopDownParams(input_size=(128, 96)))
+    params = topdown(half_body=1.0, photometric=PhotometricConfig())
+    plain = topdown_item(image, kp, bbox, COCO_FLIP, topdown())
     evaluated = topdown_item(image, kp, bbox, COCO_FLIP, params)  # rng None, no lower_body needed
     np.testing.assert_array_equal(evaluated.image, plain.image)
     np.testing.assert_array_equal(evaluated.matrix, plain.matrix)
@@ -199,12 +218,12 @@ def _colour_image(seed: int = 0) -> np.ndarray:
 
 def test_hue_and_saturation_keep_greys_grey_and_hue_keeps_value() -> None:
     grey = np.repeat(np.arange(40, 200, 4, dtype=np.uint8)[:, None, None], 3, axis=2) * np.ones((1, 5, 1), np.uint8)
-    only_colour = PhotometricParams(jitter_prob=1.0, brightness_delta=0.0, contrast_range=(1.0, 1.0))
+    only_colour = PhotometricConfig(jitter_prob=1.0, brightness_delta=0.0, contrast_range=[1.0, 1.0])
     for seed in range(5):
         out = color_jitter(grey, only_colour, np.random.default_rng(seed))
         np.testing.assert_allclose(out.astype(int), grey.astype(int), atol=1)
     image = _colour_image()
-    only_hue = dataclasses.replace(only_colour, saturation_range=(1.0, 1.0), hue_delta=60.0)
+    only_hue = dataclasses.replace(only_colour, saturation_range=[1.0, 1.0], hue_delta=60.0)
     out = color_jitter(image, only_hue, np.random.default_rng(1))
     assert not np.array_equal(out, image)
     np.testing.assert_allclose(out.max(axis=2).astype(int), image.max(axis=2).astype(int), atol=1)  # V = max(R,G,B)
@@ -212,20 +231,20 @@ def test_hue_and_saturation_keep_greys_grey_and_hue_keeps_value() -> None:
 
 def test_brightness_and_contrast_follow_their_formulas() -> None:
     image = _colour_image()
-    bright = PhotometricParams(jitter_prob=1.0, contrast_range=(1.0, 1.0), saturation_range=(1.0, 1.0), hue_delta=0.0)
+    bright = PhotometricConfig(jitter_prob=1.0, contrast_range=[1.0, 1.0], saturation_range=[1.0, 1.0], hue_delta=0.0)
     rng = np.random.default_rng(2)
     out = color_jitter(image, bright, rng).astype(int)
     delta = out - image.astype(int)
     assert np.ptp(delta) <= 2 and abs(delta.mean()) > 1  # one shift for every pixel (HSV round trip: +-1)
-    contrast = PhotometricParams(jitter_prob=1.0, brightness_delta=0.0, contrast_range=(1.3, 1.3),
-                                 saturation_range=(1.0, 1.0), hue_delta=0.0)  # fmt: skip
+    contrast = PhotometricConfig(jitter_prob=1.0, brightness_delta=0.0, contrast_range=[1.3, 1.3],
+                                 saturation_range=[1.0, 1.0], hue_delta=0.0)  # fmt: skip
     out = color_jitter(image, contrast, np.random.default_rng(3)).astype(int)
     np.testing.assert_allclose(out, np.clip(np.rint(image * 1.3), 0, 255), atol=1)
 
 
 def test_coarse_dropout_blanks_one_rectangle_of_the_configured_size() -> None:
     image = np.full((100, 80, 3), 255, np.uint8)
-    params = PhotometricParams(dropout_prob=1.0, dropout_size_range=(0.2, 0.4))
+    params = PhotometricConfig(dropout_prob=1.0, dropout_size_range=[0.2, 0.4])
     for seed in range(10):
         out = coarse_dropout(image, params, np.random.default_rng(seed))
         ys, xs = np.nonzero((out == 0).all(axis=2))
@@ -251,4 +270,4 @@ def test_blur_smooths_and_all_off_is_identity() -> None:
 )
 def test_photometric_rejects_wrong_images(bad) -> None:
     with pytest.raises(ValueError, match="uint8"):
-        photometric_augment(bad, PhotometricParams(), np.random.default_rng(0))
+        photometric_augment(bad, PhotometricConfig(), np.random.default_rng(0))

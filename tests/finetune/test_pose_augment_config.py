@@ -16,21 +16,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _load(name: str, *overrides: str):
-    from train.finetune import load_finetune_config
+    from train.finetune_config import load_finetune_config
 
     return load_finetune_config(os.path.join(ROOT, "configs/finetune", name), ["data.shards=x", *overrides])
 
 
 def test_defaults_are_the_papers_and_reach_the_crop_params() -> None:
-    from train.finetune import FinetuneConfig, data_params
+    from train.finetune import data_params
+    from train.finetune_config import FinetuneConfig
 
     cfg = FinetuneConfig()
     assert cfg.pose.half_body.prob == 0.3 and cfg.pose.photometric.enabled
     _, pose, _ = data_params(cfg)
-    assert pose.half_body_prob == 0.3 and pose.half_body_upper_prob == 0.7 and pose.half_body_padding == 1.5
-    assert pose.half_body_min_keypoints == 9 and pose.half_body_min_upper == 2 and pose.half_body_min_lower == 3
-    assert pose.photometric is not None
-    assert pose.photometric.dropout_size_range == (0.2, 0.4) and pose.photometric.contrast_range == (0.5, 1.5)
+    hb, ph = pose.augment.half_body, pose.augment.photometric
+    assert hb.prob == 0.3 and hb.upper_prob == 0.7 and hb.padding == 1.5
+    assert hb.min_keypoints == 9 and hb.min_upper == 2 and hb.min_lower == 3
+    assert ph.enabled and list(ph.dropout_size_range) == [0.2, 0.4] and list(ph.contrast_range) == [0.5, 1.5]
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs/finetune/pose_sapiens_*.yaml"))))
@@ -38,7 +39,8 @@ def test_sapiens_pose_configs_turn_augmentation_on(path) -> None:
     from train.finetune import data_params
 
     _, pose, _ = data_params(_load(os.path.basename(path)))
-    assert pose.half_body_prob == 0.3 and pose.photometric is not None and pose.photometric.dropout_prob == 1.0
+    aug = pose.augment
+    assert aug.half_body.prob == 0.3 and aug.photometric.enabled and aug.photometric.dropout_prob == 1.0
 
 
 @pytest.mark.parametrize("name", ["pose_tiny.yaml", "multi_tiny.yaml"])
@@ -46,9 +48,9 @@ def test_tiny_configs_turn_it_off_and_overrides_turn_it_back_on(name) -> None:
     from train.finetune import data_params
 
     _, pose, _ = data_params(_load(name))
-    assert pose.half_body_prob == 0.0 and pose.photometric is None
+    assert pose.augment.half_body.prob == 0.0 and not pose.augment.photometric.enabled
     _, pose, _ = data_params(_load(name, "pose.half_body.prob=0.5", "pose.photometric.enabled=true"))
-    assert pose.half_body_prob == 0.5 and pose.photometric is not None
+    assert pose.augment.half_body.prob == 0.5 and pose.augment.photometric.enabled
 
 
 @pytest.mark.parametrize(

@@ -65,7 +65,7 @@ def test_bad_milestones_are_not_checked_for_other_schedules() -> None:
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs/finetune/pose_sapiens_*.yaml"))))
 def test_sapiens_pose_configs_use_the_papers_multistep(path) -> None:
-    from train.finetune import load_finetune_config
+    from train.finetune_config import load_finetune_config
 
     cfg = load_finetune_config(path, ["data.shards=unused", "steps=2100"])
     assert cfg.optim.schedule == Schedule.multistep and cfg.optim.gamma == 0.1

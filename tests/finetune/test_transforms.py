@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from ft_synthetic import person_sample
 
 from data_engine import schema
 from train.transforms import apply_affine, similarity, vector_rotation, warp
-from train.transforms.dense import DenseParams, dense_item, normalize_depth
+from train.transforms.dense import DenseAugConfig, DenseParams, dense_item, normalize_depth
+from train.transforms.photometric import PhotometricConfig
 from train.transforms.pose import (
+    HalfBodyConfig,
+    TopDownAugment,
     TopDownParams,
     box_center_size,
     decode_heatmaps,
@@ -20,6 +25,8 @@ from train.transforms.pose import (
 )
 
 COCO_FLIP = schema.subset_flip_indices("coco17")
+# Geometry only: no half-body crops, no pixel changes (tests/finetune/test_pose_augment.py covers those).
+GEOMETRY_ONLY = {"half_body": HalfBodyConfig(prob=0.0), "photometric": PhotometricConfig(enabled=False)}
 
 
 def test_warp_keeps_continuous_coordinates() -> None:
@@ -43,7 +50,7 @@ def test_box_is_padded_to_crop_aspect() -> None:
 def test_decode_recovers_keypoints_within_half_pixel(seed) -> None:
     """Encode -> clean UDP heatmaps -> decode -> back through the crop, with random scale/rotation/flip."""
     rng = np.random.default_rng(seed)
-    params = TopDownParams(input_size=(128, 96), sigma=2.0)
+    params = TopDownParams((128, 96), TopDownAugment(sigma=2.0, **GEOMETRY_ONLY))
     image = rng.integers(0, 255, (220, 170, 3), dtype=np.uint8)
     keypoints = np.column_stack([rng.uniform(50, 120, 17), rng.uniform(40, 180, 17), np.full(17, 2.0)])
     item = topdown_item(image, keypoints, (40, 30, 130, 190), COCO_FLIP, params, rng)
@@ -79,14 +86,13 @@ def test_unlabelled_keypoints_get_zero_weight() -> None:
 
 def test_flip_heatmaps_is_the_mirror_of_a_flipped_crop() -> None:
     rng = np.random.default_rng(3)
-    params = TopDownParams(input_size=(64, 48), sigma=1.5, flip_prob=1.0, rotation_prob=0.0, shift=0.0)
+    params = TopDownParams((64, 48), TopDownAugment(sigma=1.5, flip_prob=1.0, rotation_prob=0.0, shift=0.0))
     keypoints = np.column_stack([rng.uniform(25, 45, 17), rng.uniform(20, 60, 17), np.full(17, 2.0)])
     image = rng.integers(0, 255, (80, 70, 3), dtype=np.uint8)
     plain = topdown_item(image, keypoints, (15, 10, 55, 75), COCO_FLIP, params)
     # Same box, mirrored: the affine with flip, built through an rng that always flips and never scales.
-    mirror_params = TopDownParams(
-        input_size=(64, 48), sigma=1.5, scale_range=(1, 1), flip_prob=1.0, rotation_prob=0.0, shift=0.0
-    )
+    mirror_aug = TopDownAugment(sigma=1.5, scale_range=[1, 1], flip_prob=1.0, rotation_prob=0.0, shift=0.0)
+    mirror_params = TopDownParams((64, 48), replace(mirror_aug, **GEOMETRY_ONLY))
     mirrored = topdown_item(image, keypoints, (15, 10, 55, 75), COCO_FLIP, mirror_params, np.random.default_rng(0))
     np.testing.assert_allclose(mirrored.image, plain.image[:, ::-1], atol=1)
     np.testing.assert_allclose(flip_heatmaps(mirrored.heatmaps, COCO_FLIP), plain.heatmaps, atol=1e-5)
@@ -95,7 +101,7 @@ def test_flip_heatmaps_is_the_mirror_of_a_flipped_crop() -> None:
 def test_dense_flip_swaps_classes_and_negates_normal_x() -> None:
     sample = person_sample(1, 64, 48)
     params = DenseParams(
-        input_size=(64, 48), scale_range=(1, 1), rotation_prob=0, shift=0, flip_prob=1.0, background_prob=0
+        (64, 48), DenseAugConfig(scale_range=[1, 1], rotation_prob=0, shift=0, flip_prob=1.0, background_prob=0)
     )
     plain = dense_item(sample, params)
     flipped = dense_item(sample, params, np.random.default_rng(0))
@@ -111,7 +117,7 @@ def test_dense_flip_swaps_classes_and_negates_normal_x() -> None:
 def test_dense_flip_swaps_lip20_classes() -> None:
     sample = person_sample(2, 64, 48, vocabulary="lip20")
     params = DenseParams(
-        input_size=(64, 48), scale_range=(1, 1), rotation_prob=0, shift=0, flip_prob=1.0, background_prob=0
+        (64, 48), DenseAugConfig(scale_range=[1, 1], rotation_prob=0, shift=0, flip_prob=1.0, background_prob=0)
     )
     plain, flipped = dense_item(sample, params), dense_item(sample, params, np.random.default_rng(0))
     assert (plain.seg == 14).any()
@@ -130,7 +136,7 @@ def test_dense_rotation_rotates_normals_with_the_image() -> None:
 
 def test_dense_augmentation_keeps_labels_consistent() -> None:
     sample = person_sample(4, 96, 72)
-    params = DenseParams(input_size=(64, 48), background_prob=1.0)
+    params = DenseParams((64, 48), DenseAugConfig(background_prob=1.0))
     for seed in range(5):
         item = dense_item(sample, params, np.random.default_rng(seed))
         assert item.image.shape == (64, 48, 3) and item.seg.shape == (64, 48)
@@ -145,11 +151,11 @@ def test_dense_augmentation_keeps_labels_consistent() -> None:
 
 def test_background_replacement_touches_only_background() -> None:
     sample = person_sample(5, 64, 48)
-    no_aug = DenseParams(input_size=(64, 48), scale_range=(1, 1), rotation_prob=0, shift=0, flip_prob=0)
-    base = dense_item(sample, DenseParams(**{**no_aug.__dict__, "background_prob": 0.0}), np.random.default_rng(0))
+    still = DenseAugConfig(scale_range=[1, 1], rotation_prob=0, shift=0, flip_prob=0)
+    base = dense_item(sample, DenseParams((64, 48), replace(still, background_prob=0.0)), np.random.default_rng(0))
     pool = [np.full((30, 30, 3), 250, np.uint8)]
     replaced = dense_item(
-        sample, DenseParams(**{**no_aug.__dict__, "background_prob": 1.0}), np.random.default_rng(0), pool
+        sample, DenseParams((64, 48), replace(still, background_prob=1.0)), np.random.default_rng(0), pool
     )
     np.testing.assert_array_equal(replaced.image[base.mask], base.image[base.mask])
     assert (replaced.image[~base.mask] == 250).all()

@@ -148,7 +148,7 @@ def test_mae_rejects_wrong_size_and_ratio() -> None:
 def test_mae_keeps_the_encoder_position_embedding_fixed_sincos() -> None:
     """MAE and Sapiens pretrain with the fixed 2-D sin-cos table; fine-tuning learns it from there."""
     from train.engine import param_groups
-    from train.finetune import FinetuneModel
+    from train.models.multitask import FinetuneModel
 
     torch.manual_seed(0)
     mae = MAE(build_vit("tiny", img_size=(32, 32), depth=1), DecoderConfig(dim=64, depth=1, num_heads=4))

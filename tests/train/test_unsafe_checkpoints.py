@@ -79,7 +79,7 @@ def test_finetune_init_refuses_a_crafted_run_and_file(tmp_path, shards, capsys) 
 
 
 def test_init_reads_a_plain_torch_state_dict(tmp_path) -> None:
-    from train.finetune import read_init_state
+    from train.models.weights import read_init_state
 
     weights = {"encoder.w": torch.arange(3.0)}
     torch.save({"state_dict": weights, "epoch": 3}, tmp_path / "foreign.pth")

@@ -24,16 +24,23 @@ from train.transforms import is_flipped, similarity, vector_rotation, warp
 
 
 @dataclass
-class DenseParams:
-    """Augmentation settings; `input_size` is (H, W). Ranges are uniform; `rng` None disables all of it."""
+class DenseAugConfig:
+    """Augmentation of whole-image views (a fine-tuning config's `augment:` section). Ranges are uniform."""
 
-    input_size: tuple[int, int] = (1024, 768)
-    scale_range: tuple[float, float] = (0.5, 2.0)  # times the fit-to-output scale; > 1 zooms in (crops)
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])  # times the fit scale; > 1 zooms in
     rotation_deg: float = 45.0
     rotation_prob: float = 0.5
     shift: float = 0.1  # centre shift as a fraction of the output size
     flip_prob: float = 0.5
     background_prob: float = 0.5
+
+
+@dataclass(frozen=True)
+class DenseParams:
+    """A model's view geometry: its input size (H, W) and the augmentation; `rng` None disables the latter."""
+
+    input_size: tuple[int, int] = (1024, 768)
+    augment: DenseAugConfig = field(default_factory=DenseAugConfig)
 
 
 @dataclass
@@ -69,11 +76,12 @@ def dense_matrix(height: int, width: int, params: DenseParams, rng: np.random.Ge
     center = np.array([width / 2.0, height / 2.0])
     scale, rotation, flip = 1.0, 0.0, False
     if rng is not None:
-        scale = float(rng.uniform(*params.scale_range))
-        if rng.random() < params.rotation_prob:
-            rotation = float(rng.uniform(-params.rotation_deg, params.rotation_deg))
-        center = center + rng.uniform(-params.shift, params.shift, size=2) * np.array([out_w, out_h]) / (fit * scale)
-        flip = bool(rng.random() < params.flip_prob)
+        aug = params.augment
+        scale = float(rng.uniform(*aug.scale_range))
+        if rng.random() < aug.rotation_prob:
+            rotation = float(rng.uniform(-aug.rotation_deg, aug.rotation_deg))
+        center = center + rng.uniform(-aug.shift, aug.shift, size=2) * np.array([out_w, out_h]) / (fit * scale)
+        flip = bool(rng.random() < aug.flip_prob)
     return similarity(center, fit * scale, rotation, params.input_size, flip=flip)
 
 
@@ -151,7 +159,7 @@ def dense_item(
             valid &= mask
         item.normal, item.normal_mask = normal, valid
 
-    if rng is not None and mask is not None and rng.random() < params.background_prob:
+    if rng is not None and mask is not None and rng.random() < params.augment.background_prob:
         h, w = size
         bg = background_crop(backgrounds, h, w, rng) if backgrounds else random_background(h, w, rng)
         item.image = np.where(mask[..., None], item.image, bg)

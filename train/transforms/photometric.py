@@ -1,6 +1,6 @@
 """Pixel-only augmentation of a training crop: colour jitter, blur, coarse dropout. Labels are never touched.
 
-    params = PhotometricParams()                       # Sapiens pose defaults
+    params = PhotometricConfig()                       # Sapiens pose defaults (the `pose.photometric` section)
     crop = photometric_augment(crop, params, rng)      # (H, W, 3) uint8 -> (H, W, 3) uint8
 
 The Sapiens pose pipeline runs mmpose's PhotometricDistortion, then albumentations' Blur (p 0.1), MedianBlur
@@ -12,28 +12,30 @@ targets: the model learns to place occluded joints, which is the point of the au
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 
 @dataclass
-class PhotometricParams:
-    """Probabilities and ranges; a probability of 0 turns its part off (all 0 = identity)."""
+class PhotometricConfig:
+    """Probabilities and ranges; a probability of 0 turns its part off (all 0 = identity), `enabled` all of it.
+    A fine-tuning config's `pose.photometric` section is this type."""
 
+    enabled: bool = True
     jitter_prob: float = 0.5  # each of brightness, contrast, saturation, hue
     brightness_delta: float = 32.0  # added to every channel, uniform in +-delta (0-255 units)
-    contrast_range: tuple[float, float] = (0.5, 1.5)  # every channel multiplied by alpha
-    saturation_range: tuple[float, float] = (0.5, 1.5)  # HSV saturation multiplied by alpha
+    contrast_range: list[float] = field(default_factory=lambda: [0.5, 1.5])  # every channel multiplied by alpha
+    saturation_range: list[float] = field(default_factory=lambda: [0.5, 1.5])  # HSV saturation multiplied by alpha
     hue_delta: float = 18.0  # HSV hue shifted by +-delta degrees
     blur_prob: float = 0.1  # box blur, odd kernel in 3..blur_max_kernel
     median_blur_prob: float = 0.1  # median blur, odd kernel in 3..blur_max_kernel
     blur_max_kernel: int = 7
-    dropout_prob: float = 1.0  # one rectangle filled with 0
-    dropout_size_range: tuple[float, float] = (0.2, 0.4)  # its height and width, as fractions of the crop's
+    dropout_prob: float = 1.0  # one rectangle filled with 0 (albumentations CoarseDropout, one hole)
+    dropout_size_range: list[float] = field(default_factory=lambda: [0.2, 0.4])  # of the crop's height and width
 
 
-def photometric_augment(image: np.ndarray, params: PhotometricParams, rng: np.random.Generator) -> np.ndarray:
+def photometric_augment(image: np.ndarray, params: PhotometricConfig, rng: np.random.Generator) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> a new (H, W, 3) uint8 array; the input is left unchanged."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"photometric_augment needs an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
@@ -42,7 +44,7 @@ def photometric_augment(image: np.ndarray, params: PhotometricParams, rng: np.ra
     return coarse_dropout(out, params, rng)
 
 
-def color_jitter(image: np.ndarray, params: PhotometricParams, rng: np.random.Generator) -> np.ndarray:
+def color_jitter(image: np.ndarray, params: PhotometricConfig, rng: np.random.Generator) -> np.ndarray:
     """mmcv's PhotoMetricDistortion order; every random draw happens whether or not its part is applied, so the
     rng advances the same way for any image (the data stream stays reproducible across label changes)."""
     import cv2
@@ -74,7 +76,7 @@ def color_jitter(image: np.ndarray, params: PhotometricParams, rng: np.random.Ge
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
-def random_blur(image: np.ndarray, params: PhotometricParams, rng: np.random.Generator) -> np.ndarray:
+def random_blur(image: np.ndarray, params: PhotometricConfig, rng: np.random.Generator) -> np.ndarray:
     """Box blur with probability blur_prob, then median blur with probability median_blur_prob."""
     import cv2
 
@@ -89,7 +91,7 @@ def random_blur(image: np.ndarray, params: PhotometricParams, rng: np.random.Gen
     return out
 
 
-def coarse_dropout(image: np.ndarray, params: PhotometricParams, rng: np.random.Generator) -> np.ndarray:
+def coarse_dropout(image: np.ndarray, params: PhotometricConfig, rng: np.random.Generator) -> np.ndarray:
     """With probability dropout_prob, one rectangle of (fractions of) the crop's height and width set to 0."""
     h, w = image.shape[:2]
     hit = rng.random() < params.dropout_prob

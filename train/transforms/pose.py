@@ -12,40 +12,54 @@ heatmap index i -> w - 1 - i: the same mirror, so flip testing needs no shift (U
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from train.transforms import apply_affine, invert_affine, similarity, warp
-from train.transforms.photometric import PhotometricParams, photometric_augment
+from train.transforms.photometric import PhotometricConfig, photometric_augment
 
 
 @dataclass
-class TopDownParams:
-    """Crop and target settings. `input_size` and `heatmap_size` are (H, W)."""
+class HalfBodyConfig:
+    """mmpose RandomHalfBody (Sapiens pose): with probability `prob`, when the person has at least `min_keypoints`
+    labelled keypoints, the crop box becomes the box of the labelled upper-body (preferred with `upper_prob`) or
+    lower-body keypoints, centred on their mean and grown by `padding`; a half with too few labelled keypoints
+    (upper < min_upper, lower < min_lower) falls back to the other."""
 
-    input_size: tuple[int, int] = (256, 192)
-    heatmap_stride: int = 4
+    prob: float = 0.3
+    min_keypoints: int = 9
+    min_upper: int = 2
+    min_lower: int = 3
+    upper_prob: float = 0.7
+    padding: float = 1.5
+
+
+@dataclass
+class TopDownAugment:
+    """Crop, target and augmentation settings of top-down pose: a fine-tuning config's `pose:` section extends
+    this type. Augmentation (training only): scale factor range, rotation (uniform in +-deg, applied with
+    probability), box-centre shift as a fraction of the box size, horizontal flip probability, half-body crops
+    and pixel-only photometric changes."""
+
     sigma: float = 2.0  # Gaussian sigma in heatmap pixels (Sapiens: 6 at 256x192 heatmaps)
     bbox_padding: float = 1.25  # the box grows by this factor before the crop
-    # Augmentation (training only): scale factor range, rotation (uniform in +-deg, applied with probability),
-    # box-centre shift as a fraction of the box size, horizontal flip probability.
-    scale_range: tuple[float, float] = (0.75, 1.25)
+    scale_range: list[float] = field(default_factory=lambda: [0.75, 1.25])
     rotation_deg: float = 40.0
     rotation_prob: float = 0.6
     shift: float = 0.1
     flip_prob: float = 0.5
-    # Half-body (mmpose RandomHalfBody): with this probability, when the person has at least
-    # `half_body_min_keypoints` labelled keypoints, the crop box becomes the box of the labelled upper-body
-    # (preferred with `half_body_upper_prob`) or lower-body keypoints, centred on their mean and grown by
-    # `half_body_padding`; a half with too few labelled keypoints (upper < 2, lower < 3) falls back to the other.
-    half_body_prob: float = 0.0
-    half_body_min_keypoints: int = 9
-    half_body_min_upper: int = 2
-    half_body_min_lower: int = 3
-    half_body_upper_prob: float = 0.7
-    half_body_padding: float = 1.5
-    photometric: PhotometricParams | None = None  # pixel-only augmentation of the crop; None = off
+    half_body: HalfBodyConfig = field(default_factory=HalfBodyConfig)
+    photometric: PhotometricConfig = field(default_factory=PhotometricConfig)
+
+
+@dataclass(frozen=True)
+class TopDownParams:
+    """A model's crop geometry: its input size (H, W), the heatmap stride, and the settings above."""
+
+    input_size: tuple[int, int] = (256, 192)
+    augment: TopDownAugment = field(default_factory=TopDownAugment)
+    heatmap_stride: int = 4
 
     @property
     def heatmap_size(self) -> tuple[int, int]:
@@ -98,11 +112,12 @@ def half_body_ids(
 
     keypoints: (K, 3) [x, y, v]; lower_body: (K,) bool. Draws the same two numbers from `rng` every call."""
     visible = np.asarray(keypoints)[:, 2] > 0
-    take, prefer_upper = rng.random(2) < (params.half_body_prob, params.half_body_upper_prob)
-    if visible.sum() < params.half_body_min_keypoints or not take:
+    hb = params.augment.half_body
+    take, prefer_upper = rng.random(2) < (hb.prob, hb.upper_prob)
+    if visible.sum() < hb.min_keypoints or not take:
         return None
     upper, lower = np.flatnonzero(visible & ~lower_body), np.flatnonzero(visible & lower_body)
-    upper_ok, lower_ok = len(upper) >= params.half_body_min_upper, len(lower) >= params.half_body_min_lower
+    upper_ok, lower_ok = len(upper) >= hb.min_upper, len(lower) >= hb.min_lower
     if not (upper_ok or lower_ok):
         return None
     return upper if upper_ok and (prefer_upper or not lower_ok) else lower
@@ -131,14 +146,15 @@ def crop_matrix(
     """The (2, 3) image -> crop affine for one box, with random scale/rotation/shift/flip when `rng` is given.
     `box` = (centre, size (w, h)) replaces the padded `bbox` (a half-body crop). Returns (matrix, flipped)."""
     out_h, out_w = params.input_size
-    center, size = box if box is not None else box_center_size(bbox, out_w / out_h, params.bbox_padding)
+    center, size = box if box is not None else box_center_size(bbox, out_w / out_h, params.augment.bbox_padding)
     scale_factor, rotation, flip = 1.0, 0.0, False
     if rng is not None:
-        scale_factor = float(rng.uniform(*params.scale_range))
-        if rng.random() < params.rotation_prob:
-            rotation = float(rng.uniform(-params.rotation_deg, params.rotation_deg))
-        center = center + rng.uniform(-params.shift, params.shift, size=2) * size
-        flip = bool(rng.random() < params.flip_prob)
+        aug = params.augment
+        scale_factor = float(rng.uniform(*aug.scale_range))
+        if rng.random() < aug.rotation_prob:
+            rotation = float(rng.uniform(-aug.rotation_deg, aug.rotation_deg))
+        center = center + rng.uniform(-aug.shift, aug.shift, size=2) * size
+        flip = bool(rng.random() < aug.flip_prob)
     scale = out_w / (size[0] * scale_factor)
     return similarity(center, scale, rotation, params.input_size, flip=flip), flip
 
@@ -176,25 +192,26 @@ def topdown_item(
 ) -> TopDownItem:
     """Crop one person and make its targets. keypoints: (K, 3) [x, y, v] in the model's keypoint order;
     flip_indices: (K,) mirror permutation of that order; lower_body: (K,) bool (`lower_body_mask`), needed when
-    params.half_body_prob > 0. `rng` None = no augmentation (evaluation)."""
+    params.augment.half_body.prob > 0. `rng` None = no augmentation (evaluation)."""
     kp = np.asarray(keypoints, dtype=np.float64)
     box = None
-    if rng is not None and params.half_body_prob > 0:
+    if rng is not None and params.augment.half_body.prob > 0:
         if lower_body is None or len(lower_body) != len(kp):
             raise ValueError(f"half-body crops need a ({len(kp)},) lower_body mask (lower_body_mask(keypoint_set))")
         ids = half_body_ids(kp, lower_body, params, rng)
         if ids is not None:
             out_h, out_w = params.input_size
-            box = points_center_size(kp[ids, :2], out_w / out_h, params.half_body_padding)
+            box = points_center_size(kp[ids, :2], out_w / out_h, params.augment.half_body.padding)
     matrix, flipped = crop_matrix(bbox, params, rng, box)
     crop = warp(image, matrix, params.input_size, "linear")
-    if rng is not None and params.photometric is not None:
-        crop = photometric_augment(crop, params.photometric, rng)  # pixels only: the targets below are geometric
+    if rng is not None and params.augment.photometric.enabled:
+        # pixels only: the targets below are geometric
+        crop = photometric_augment(crop, params.augment.photometric, rng)
     points = apply_affine(kp[:, :2], matrix)
     valid = kp[:, 2] > 0
     if flipped:  # after a mirror the left wrist sits where the right one was: swap the slots
         points, valid = points[flip_indices], valid[flip_indices]
-    heatmaps, weights = udp_heatmaps(points, valid, params.input_size, params.heatmap_size, params.sigma)
+    heatmaps, weights = udp_heatmaps(points, valid, params.input_size, params.heatmap_size, params.augment.sigma)
     return TopDownItem(image=crop, heatmaps=heatmaps, weights=weights, matrix=matrix)
 
 

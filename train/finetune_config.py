@@ -1,0 +1,195 @@
+"""The fine-tuning config: `hv train finetune --config FILE key=value ...` (configs/finetune/*.yaml).
+
+    cfg = load_finetune_config("configs/finetune/pose_tiny.yaml", ["steps=20"], task="pose")
+    cfg.model_spec()      # the ModelSpec its checkpoint stores (train.models.spec)
+    cfg.active_tasks      # ("pose",); for task=multi, the listed tasks in TASKS order
+
+Sections: `model` (arch and input size), `data` (shards, loader), one per task (`pose`, `seg`, `depth`,
+`normal`: targets, augmentation and loss weight), `augment` (whole-image views), plus the engine's
+`TrainConfig` keys (steps, batch size, precision, ZeRO stage, `optim`, `deepspeed`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+from train.config import ConfigError, OptimConfig, Schedule, TrainConfig, load_config
+from train.models.spec import ModelSpec
+from train.models.tasks import TASK_NAMES, LossInputs, Task
+from train.transforms.dense import DenseAugConfig
+from train.transforms.pose import TopDownAugment
+
+
+class TaskMode(str, Enum):
+    pose = "pose"
+    seg = "seg"
+    depth = "depth"
+    normal = "normal"
+    multi = "multi"  # every task in `tasks`, one backbone
+
+
+class Vocabulary(str, Enum):
+    goliath28 = "goliath28"
+    lip20 = "lip20"
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "tiny"  # a name of train.models.vit.ARCHS
+    image_size: list[int] = field(default_factory=lambda: [1024, 768])  # (H, W): pose crops and dense views
+    depth: int | None = None  # override the arch's block count (small test models, as in the pretrain config)
+    head_channels: int | None = None  # None: the Sapiens widths (768; 384 for depth)
+    drop_path: float = 0.0
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class DataConfig:
+    shards: str = ""  # files, folders or globs (local or pyarrow.fs URIs), comma-separated (as in pretraining)
+    bad_samples: str = "skip"  # "skip": count and report broken samples; "raise": stop at the first
+    shuffle_buffer: int = 64
+    num_workers: int = 0  # loader processes per rank making rows (augmentation); 0 = in the training process
+    background_shards: str = ""  # shards of images pasted behind people, comma-separated; empty: random fields
+    max_backgrounds: int = 256  # how many background images are held in memory
+
+    def shard_patterns(self) -> list[str]:
+        return _patterns(self.shards)
+
+    def background_patterns(self) -> list[str]:
+        return _patterns(self.background_shards)
+
+
+def _patterns(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+class PoseLoss(str, Enum):
+    mse = "mse"  # heatmap MSE over every labelled keypoint (Sapiens 0.3b/0.6b/2b)
+    ohkm = "ohkm"  # the same over each crop's `ohkm_topk` hardest labelled keypoints (Sapiens 1b, topk 128)
+
+
+@dataclass
+class PoseConfig(TopDownAugment):
+    """Top-down pose: the crop, target and augmentation settings (`TopDownAugment`), the keypoints and the loss."""
+
+    keypoint_set: str = "all"  # the model's keypoints (a data_engine.schema subset); samples map to it by name
+    loss: PoseLoss = PoseLoss.mse
+    ohkm_topk: int = 8  # keypoints kept per crop by loss=ohkm (mmpose's default 8; Sapiens-1B: 128 of 308)
+    loss_weight: float = 1.0
+
+
+@dataclass
+class SegConfig:
+    vocabulary: Vocabulary = Vocabulary.goliath28
+    class_weights: bool = True  # the vocabulary's cross-entropy weights
+    loss_weight: float = 1.0
+
+
+@dataclass
+class LossWeight:
+    loss_weight: float = 1.0
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    task: TaskMode = TaskMode.pose
+    tasks: list[str] = field(default_factory=lambda: list(TASK_NAMES))  # used when task = multi (TASKS names)
+    init: str | None = None  # a pretrain/fine-tune run folder or a .safetensors file; None: random backbone
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    pose: PoseConfig = field(default_factory=PoseConfig)
+    seg: SegConfig = field(default_factory=SegConfig)
+    depth: LossWeight = field(default_factory=LossWeight)
+    normal: LossWeight = field(default_factory=LossWeight)
+    augment: DenseAugConfig = field(default_factory=DenseAugConfig)
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(
+            lr=5e-4, betas=[0.9, 0.999], weight_decay=0.1, layer_decay=0.85, schedule=Schedule.poly
+        )
+    )
+
+    @property
+    def active_tasks(self) -> tuple[Task, ...]:
+        if self.task == TaskMode.multi:
+            return tuple(t for t in TASK_NAMES if t in self.tasks)
+        return (self.task.value,)  # type: ignore[return-value]
+
+    def model_spec(self) -> ModelSpec:
+        """What the checkpoint of this run stores about its model."""
+        return ModelSpec(
+            arch=self.model.arch, image_size=(int(self.model.image_size[0]), int(self.model.image_size[1])),
+            tasks=self.active_tasks, depth=self.model.depth, head_channels=self.model.head_channels,
+            keypoint_set=self.pose.keypoint_set, vocabulary=self.seg.vocabulary.value,
+            pose_sigma=self.pose.sigma, bbox_padding=self.pose.bbox_padding,
+        )  # fmt: skip
+
+    def loss_weight(self, task: Task) -> float:
+        return float(getattr(self, task).loss_weight)
+
+    def loss_inputs(self, class_weight=None) -> LossInputs:
+        ohkm = self.pose.ohkm_topk if self.pose.loss == PoseLoss.ohkm else None
+        return LossInputs(pose_ohkm_topk=ohkm, class_weight=class_weight)
+
+    def validate(self) -> None:
+        super().validate()
+        from data_engine import schema
+        from train.models.spec import SpecError
+
+        if self.data.bad_samples not in ("skip", "raise"):
+            raise ConfigError(f"data.bad_samples must be 'skip' or 'raise', got {self.data.bad_samples!r}")
+        if not self.tasks or any(t not in TASK_NAMES for t in self.tasks):
+            raise ConfigError(f"tasks {list(self.tasks)}: each must be one of {', '.join(TASK_NAMES)}")
+        try:
+            self.model_spec()
+            schema.subset_flip_indices(self.pose.keypoint_set)
+        except (SpecError, ValueError) as e:
+            raise ConfigError(str(e)) from None
+        num_keypoints = len(schema.subset(self.pose.keypoint_set))
+        if self.pose.loss == PoseLoss.ohkm and not 1 <= self.pose.ohkm_topk <= num_keypoints:
+            raise ConfigError(
+                f"pose.ohkm_topk {self.pose.ohkm_topk} must be in [1, {num_keypoints}] (the keypoints of "
+                f"pose.keypoint_set={self.pose.keypoint_set}); or set pose.loss=mse"
+            )
+        for name, pair in (
+            ("pose.scale_range", self.pose.scale_range),
+            ("augment.scale_range", self.augment.scale_range),
+            ("pose.photometric.contrast_range", self.pose.photometric.contrast_range),
+            ("pose.photometric.saturation_range", self.pose.photometric.saturation_range),
+        ):
+            if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
+                raise ConfigError(f"{name} must be [low, high] with 0 < low <= high, got {list(pair)}")
+        validate_pose_augmentation(self.pose)
+
+
+def validate_pose_augmentation(pose: TopDownAugment) -> None:
+    hb, ph = pose.half_body, pose.photometric
+    probabilities = {"pose.half_body.prob": hb.prob, "pose.half_body.upper_prob": hb.upper_prob}
+    probabilities |= {"pose.photometric.jitter_prob": ph.jitter_prob, "pose.photometric.blur_prob": ph.blur_prob}
+    probabilities |= {"pose.photometric.median_blur_prob": ph.median_blur_prob}
+    probabilities |= {"pose.photometric.dropout_prob": ph.dropout_prob}
+    for name, value in probabilities.items():
+        if not 0 <= value <= 1:
+            raise ConfigError(f"{name} must be a probability in [0, 1], got {value}")
+    if min(hb.min_keypoints, hb.min_upper, hb.min_lower) < 1 or hb.padding <= 0:
+        raise ConfigError("pose.half_body: min_keypoints, min_upper and min_lower must be >= 1, padding > 0")
+    if ph.blur_max_kernel < 3 or ph.blur_max_kernel % 2 == 0:
+        raise ConfigError(f"pose.photometric.blur_max_kernel must be odd and >= 3, got {ph.blur_max_kernel}")
+    size = list(ph.dropout_size_range)
+    if len(size) != 2 or not 0 < size[0] <= size[1] <= 1:
+        raise ConfigError(f"pose.photometric.dropout_size_range must be [low, high] in (0, 1], got {size}")
+    if ph.brightness_delta < 0 or not 0 <= ph.hue_delta <= 180:
+        raise ConfigError("pose.photometric: brightness_delta must be >= 0 and hue_delta in [0, 180] degrees")
+
+
+def load_finetune_config(
+    path: str | None, overrides: Sequence[str] = (), task: str | None = None, init: str | None = None
+) -> FinetuneConfig:
+    """The config file, then --task / --init, then key=value overrides (which win)."""
+    extra = []
+    if task is not None:
+        extra.append(f"task={task}")
+    if init is not None:
+        extra.append(f"init={init}")
+    return load_config(FinetuneConfig, path, [*extra, *overrides])

@@ -1,0 +1,62 @@
+"""Task heads on the ViT feature map (B, C, H/16, W/16), after the Sapiens heads (DESIGN.md).
+
+A head is `num_deconv` x2 upsamplings then `num_conv` 1x1 convs, every one followed by InstanceNorm + SiLU
+(as in the Sapiens heads), then a 1x1 conv to the task's channels. Each task's shape (pose 2 + 2 at 1/4 the
+input, seg and normal 3 + 3 at 1/2, depth 4 + 2 at 1/1, widths 768 / 384 at the sapiens sizes; the tiny
+configs shrink them) is its `TaskDef.head` in `train.models.tasks`. Heads see only the backbone's
+`forward_features` output, so any backbone with that method fits.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from train.models.tasks import HeadSpec, Task, task_def
+
+
+class UpsampleHead(nn.Module):
+    """`num_deconv` x (ConvTranspose2d k4 s2 p1 + InstanceNorm + SiLU), then `num_conv` x (conv1x1 + IN + SiLU),
+    then a conv1x1 to `out_channels`.
+
+    forward: (B, in_channels, h, w) -> (B, out_channels, h * 2^num_deconv, w * 2^num_deconv)
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, num_deconv: int, num_conv: int, channels: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_channels
+        for _ in range(num_deconv):
+            # k4 s2 p1 doubles the size exactly; no bias since InstanceNorm removes it anyway.
+            layers += [nn.ConvTranspose2d(width, channels, 4, stride=2, padding=1, bias=False), *_norm_act(channels)]
+            width = channels
+        for _ in range(num_conv):
+            layers += [nn.Conv2d(width, channels, 1, bias=False), *_norm_act(channels)]
+            width = channels
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Conv2d(width, out_channels, 1)
+        self.out_channels = out_channels
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(features))
+
+
+def _norm_act(channels: int) -> list[nn.Module]:
+    return [nn.InstanceNorm2d(channels, affine=True), nn.SiLU(inplace=True)]
+
+
+class PositiveHead(UpsampleHead):
+    """A head whose output ends in a softplus. Relative depth is positive, so log(pred) in the SiLog loss is
+    defined everywhere and no pixel loses its gradient to a clamp (as a raw output clamped at eps would)."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.softplus(super().forward(features))
+
+
+def build_head(task: Task, in_channels: int, out_channels: int, channels: int | None = None) -> UpsampleHead:
+    """The head for `task` (its `TaskDef.head` in `train.models.tasks`) on a backbone of width `in_channels`;
+    `channels` overrides the spec's width."""
+    spec: HeadSpec = task_def(task).head
+    cls = PositiveHead if spec.positive else UpsampleHead
+    return cls(in_channels, out_channels, spec.num_deconv, spec.num_conv, channels or spec.channels)
