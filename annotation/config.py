@@ -5,9 +5,8 @@ and `key=value` words on the command line (overrides). An unknown key fails at s
     hv annotate push shards/*.tar --project people-pose --task pose --config configs/annotation/default.yaml
 
 Command-line flags (--url, --keypoints, --vocab, --media-root) win over the YAML; `key=value` words win over
-both, as in every stage. The API key is not a
-setting: it comes from LABEL_STUDIO_API_KEY only, so a saved config can never leak it. Loading, saving and
-`ConfigError` are every stage's (`data_engine.config`).
+both, as in every stage. The API key is not a setting: it comes from LABEL_STUDIO_API_KEY only, so a saved
+config can never leak it. Loading, saving and `ConfigError` are every stage's (`data_engine.config`).
 """
 
 from __future__ import annotations
