@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from annotation.errors import AnnotationError
+from data_engine.config import ConfigError
 
 TASK_CHOICES = ("pose", "seg", "bbox")
 _OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=")
@@ -113,31 +114,23 @@ def _server_args(p: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace):
-    from annotation.config import check_config, load_config
+    from annotation.config import load_config
 
     # Positional shards and positional overrides share the tail of the line: key=value words are overrides.
     shard_words = getattr(args, "shards", None)
     if isinstance(shard_words, list) and hasattr(args, "task"):
         args.overrides = [w for w in shard_words if _OVERRIDE.match(w)] + list(args.overrides)
         args.shards = [w for w in shard_words if not _OVERRIDE.match(w)]
-    config = load_config(args.config, args.overrides)
-    for flag, key in (
-        ("url", "url"),
-        ("keypoints", "keypoint_set"),
-        ("vocab", "vocabulary"),
-        ("media_root", "media_root"),
-    ):
-        value = getattr(args, flag, None)
-        if value:
-            setattr(config, key, value)
-    check_config(config)
-    return config
+    flags = {"url": "url", "keypoint_set": "keypoints", "vocabulary": "vocab", "media_root": "media_root"}
+    return load_config(
+        args.config, args.overrides, **{key: getattr(args, flag, None) or None for key, flag in flags.items()}
+    )
 
 
 def _guarded(action: str, run) -> int:
     try:
         return run()
-    except AnnotationError as e:
+    except (AnnotationError, ConfigError) as e:
         print(f"hv annotate {action}: error: {e}", file=sys.stderr)
         return 2
     except FileNotFoundError as e:
@@ -231,8 +224,8 @@ def _pull(args: argparse.Namespace) -> int:
 
 def _qa(args: argparse.Namespace) -> int:
     def run() -> int:
-        from annotation.config import save_config
         from annotation.qa import qa, write_report
+        from data_engine.config import save_config
 
         config = _settings(args)
         with _studio(args, config) as studio:

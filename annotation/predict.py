@@ -144,7 +144,7 @@ def predict(
             batch.clear()
 
     for sample in tqdm(
-        shards.iter_samples(files, policy=config.bad_samples.value, report=read), desc="predict", disable=not progress
+        shards.iter_samples(files, policy=config.bad_samples, report=read), desc="predict", disable=not progress
     ):
         report.samples += 1
         if sample.key not in tasks:

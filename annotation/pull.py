@@ -32,10 +32,11 @@ from typing import Any
 
 from annotation import convert
 from annotation.client import Studio
-from annotation.config import AnnotateConfig, config_dict, save_config
+from annotation.config import AnnotateConfig
 from annotation.errors import AnnotationError
 from annotation.push import member_text, project_folder, project_kind, read_pushed_shards, resolve_media_root
 from data_engine import shards
+from data_engine.config import save_config, to_dict
 from data_engine.sample import SampleError, decode, encode, encode_pose, encode_seg
 
 SHARD_PREFIX = "annotated"
@@ -75,7 +76,7 @@ def labels_of(annotation: dict, data: dict, kind: str, config: AnnotateConfig) -
     results = annotation.get("result") or []
     if kind == "seg":
         seg, problems = convert.results_to_seg(
-            results, width, height, data.get("vocabulary", config.vocabulary), config.seg_overlap.value
+            results, width, height, data.get("vocabulary", config.vocabulary), config.seg_overlap
         )
         return {"seg": seg}, problems
     keypoint_set = data.get("keypoint_set", config.keypoint_set)
@@ -118,7 +119,7 @@ def pull(
                 os.replace(stage / name, out_dir / name)
         report.shards = [str(out_dir / Path(p).name) for p in report.shards]
         save_config(config, out_dir / CONFIG_NAME)
-        _write_json(out_dir / REPORT_NAME, {"project": title, "config": config_dict(config), **report.__dict__})
+        _write_json(out_dir / REPORT_NAME, {"project": title, "config": to_dict(config), **report.__dict__})
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return report

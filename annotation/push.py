@@ -169,7 +169,7 @@ def push(
             report.created += len(studio.import_tasks(report.project_id, batch))
             batch.clear()
 
-    samples = shards.iter_samples(files, policy=config.bad_samples.value, report=read, decoder=decode_with_shard)
+    samples = shards.iter_samples(files, policy=config.bad_samples, report=read, decoder=decode_with_shard)
     for shard_path, sample in tqdm(samples, desc="push", unit="sample", disable=not progress):
         report.samples += 1
         if sample.key in known:

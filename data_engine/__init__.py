@@ -2,7 +2,8 @@
 
 - `schema`: the 308 Goliath keypoints and the `goliath28` / `lip20` class vocabularies.
 - `sample`: the sample contract (`Sample`, `encode`, `decode`) every stage reads and writes.
-- `shards`: atomic WebDataset shard writing and streaming reading with a bad-sample policy.
+- `shards`: atomic WebDataset shard writing and streaming reading with a bad-sample policy (`BadSamplePolicy`).
+- `config`: every stage's config loading (`load_config`, `save_config`) and its one `ConfigError`.
 - `manifest`: the Parquet manifest, one row per input ever seen.
 - the curation DAG behind `hv curate` (Ray Data): decode, validate, quality and person filters,
   exact and near-duplicate removal, shards and manifest.

@@ -69,7 +69,8 @@ def split_items(items: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _curate(args: argparse.Namespace) -> int:
-    from data_engine.curate_config import ConfigError, load_config
+    from data_engine.config import ConfigError
+    from data_engine.curate_config import load_config
     from data_engine.inputs import InputError
 
     args = parse_items(args)

@@ -4,17 +4,21 @@
 
 `load_config` merges, in order: these dataclass defaults, the YAML file, the command-line flags (inputs, `--out`,
 `--detector`, `--ray-address`) and the `key=value` overrides. An unknown key or a value of the wrong type is an
-error at start-up (OmegaConf structured config), never a silently ignored setting.
+error at start-up (`data_engine.config.load_config`), never a silently ignored setting.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Optional
 
 from omegaconf import MISSING, OmegaConf
+
+from data_engine.config import ConfigError as ConfigError
+from data_engine.config import load_config as load_typed_config
+from data_engine.config import to_dict
+from data_engine.config import to_yaml as to_yaml
 
 
 class DetectorName(str, Enum):
@@ -136,6 +140,9 @@ class CurateConfig:
     shard_max_bytes: int = 500_000_000
     progress: bool = True
 
+    def validate(self) -> None:
+        check_config(self)
+
 
 # What defines the curation result: a re-run on the same DIR must use the same values, or its decisions would
 # mix two policies.
@@ -143,57 +150,13 @@ POLICY_SECTIONS = ("decode", "quality", "detector", "dedup")
 _EXECUTION_ONLY_DETECTOR_KEYS = ("batch_size", "concurrency", "num_cpus", "num_gpus")
 
 
-class ConfigError(ValueError):
-    """A bad configuration: unknown key, wrong type, missing file, or a change of policy on an existing DIR."""
-
-
-def load_config(
-    config_file: str | None = None,
-    overrides: list[str] | None = None,
-    **flags: Any,
-) -> CurateConfig:
+def load_config(config_file: str | None = None, overrides: list[str] | None = None, **flags: Any) -> CurateConfig:
     """Defaults <- YAML file <- flags (only those not None) <- `key=value` overrides; validated."""
-    base = OmegaConf.structured(CurateConfig)
-    try:
-        layers = [base]
-        if config_file:
-            if not os.path.isfile(config_file):
-                raise ConfigError(f"config file {config_file!r} does not exist")
-            layers.append(_load_yaml(config_file))
-        set_flags = {k: v for k, v in flags.items() if v is not None}
-        if set_flags:
-            layers.append(OmegaConf.create(set_flags))
-        if overrides:
-            layers.append(OmegaConf.from_dotlist(list(overrides)))
-        merged = OmegaConf.merge(*layers)
-        cfg: CurateConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
-    except ConfigError:
-        raise
-    except Exception as e:  # OmegaConf's errors name the key: keep its first line and the key, drop the rest
-        lines = str(e).splitlines() or [type(e).__name__]
-        key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.strip().startswith("full_key:")), "")
-        raise ConfigError(f"bad curate config: {lines[0]}" + (f" (key {key})" if key else "")) from None
-    validate(cfg)
-    return cfg
+    return load_typed_config(CurateConfig, config_file, overrides, flags, what="curate config")
 
 
-def _load_yaml(path: str) -> Any:
-    """OmegaConf.load, with a syntax error's file, line and column kept in one line (OmegaConf's own message
-    spans several lines, and the generic handler below keeps only the first, which names neither)."""
-    import yaml
-
-    try:
-        return OmegaConf.load(path)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        what = " ".join(p for p in (e.problem, e.context) if p) or type(e).__name__
-        raise ConfigError(f"config file {path!r}{where}: YAML syntax error: {what}") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"config file {path!r} cannot be read: {str(e).splitlines()[0] if str(e) else e!r}") from None
-
-
-def validate(cfg: CurateConfig) -> None:
+def check_config(cfg: CurateConfig) -> None:
+    """The checks a type cannot express; `load_config` runs them (`CurateConfig.validate`)."""
     if not cfg.inputs:
         raise ConfigError("no inputs given")
     if not cfg.out:
@@ -229,13 +192,9 @@ def validate(cfg: CurateConfig) -> None:
         raise ConfigError("decode.analysis_max_side must be >= 32")
 
 
-def to_yaml(cfg: CurateConfig) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
-
-
 def policy(cfg: CurateConfig | dict) -> dict[str, Any]:
     """The settings that decide statuses (see POLICY_SECTIONS), as plain data for comparison."""
-    data = cfg if isinstance(cfg, dict) else OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
+    data = cfg if isinstance(cfg, dict) else to_dict(cfg)
     out = {k: dict(data[k]) for k in POLICY_SECTIONS}  # type: ignore[index]
     for key in _EXECUTION_ONLY_DETECTOR_KEYS:
         out["detector"].pop(key, None)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_engine.curate_config import ConfigError
+from data_engine.config import ConfigError
 from data_engine.manifest import write_table_atomic
 
 SHARD_PREFIX = "curated"

@@ -19,11 +19,22 @@ import tarfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from enum import Enum
+from typing import Any
 
 from data_engine.sample import Sample, SampleError, decode, encode
 
-BadSamplePolicy = Literal["raise", "skip"]
+
+class BadSamplePolicy(str, Enum):
+    """What a reader does with a bad sample or a broken shard: the one type of every stage's `bad_samples` setting.
+
+    A str Enum: the plain strings "skip" and "raise" compare equal to its members, and YAML values load into it.
+    """
+
+    skip = "skip"  # record it (shard, key, reason) in the read report and go on
+    raise_ = "raise"  # stop at the first one, naming it
+
+
 _SHARD_RE = re.compile(r"^(?P<prefix>.+)-(?P<num>\d{6})\.tar$")
 _TMP_MARK = ".tmp-"
 # The largest member a reader accepts: the largest image curation accepts (89.5 MP, RGB PNG) is 270 MB uncompressed.
@@ -423,7 +434,7 @@ def _has_end_marker(path: str) -> bool:
 
 def iter_samples(
     paths: str | Iterable[str],
-    policy: BadSamplePolicy = "raise",
+    policy: BadSamplePolicy | str = BadSamplePolicy.raise_,
     report: ReadReport | None = None,
     decoder: Callable[[dict[str, Any]], Any] = decode,
     select: Callable[[int], bool] | None = None,
@@ -441,6 +452,7 @@ def iter_samples(
     a set (before `select`, so split readers agree on which copy is first; the reader owning the copy reports
     it); `hv shards inspect` checks a whole shard set, which a reader only sees part of.
     """
+    policy = BadSamplePolicy(policy)  # a misspelt policy fails here, not by silently acting as "skip"
     report = report if report is not None else ReadReport()
     first_shard: dict[str, str] = {}
     index = -1
@@ -452,7 +464,7 @@ def iter_samples(
             except StopIteration:
                 break
             except ShardError as e:
-                if policy == "raise":
+                if policy == BadSamplePolicy.raise_:
                     raise
                 report.record(BadSample(shard=path, key=None, reason=str(e)))
                 break
@@ -465,14 +477,14 @@ def iter_samples(
                 continue
             if duplicate_of is not None:
                 reason = f"{key}: duplicate key (first read from {duplicate_of}); this copy is not used"
-                if policy == "raise":
+                if policy == BadSamplePolicy.raise_:
                     raise SampleError(f"{path}: {reason}")
                 report.record(BadSample(shard=path, key=key, reason=reason))
                 continue
             try:
                 sample = decoder(members)
             except SampleError as e:
-                if policy == "raise":
+                if policy == BadSamplePolicy.raise_:
                     raise SampleError(f"{path}: {e}") from None
                 report.record(BadSample(shard=path, key=key, reason=str(e)))
                 continue

@@ -158,16 +158,16 @@ def _unusable_output(command: str, folder: str | None = None, file: str | None =
 
 
 def _eval_model(task: str, args: argparse.Namespace) -> int:
+    from data_engine.config import ConfigError, load_config
     from eval.config import EvalConfig
     from eval.metrics import MetricInputError
     from eval.model_eval import evaluate_checkpoint
-    from train.config import ConfigError, load_config
     from train.models.weights import CheckpointError
 
     if _unusable_output(f"hv eval {task}", args.out_dir, args.out):
         return 2
     try:
-        cfg = load_config(EvalConfig, args.config, args.overrides)
+        cfg = load_config(EvalConfig, args.config, args.overrides, what="eval config")
         result = evaluate_checkpoint(task, args.checkpoint, args.shards, cfg, args.out_dir)  # type: ignore[arg-type]
     except (ConfigError, CheckpointError, MetricInputError) as e:
         print(f"hv eval {task}: {e}", file=sys.stderr)
@@ -275,16 +275,16 @@ def split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from data_engine.config import ConfigError, load_config
     from eval.config import PredictConfig
     from eval.predict import PredictInputError, predict
-    from train.config import ConfigError, load_config
     from train.models.weights import CheckpointError
 
     inputs, overrides = split_overrides(args.inputs)
     if _unusable_output("hv predict", folder=args.out):
         return 2
     try:
-        cfg = load_config(PredictConfig, args.config, overrides)
+        cfg = load_config(PredictConfig, args.config, overrides, what="predict config")
         if not inputs:
             raise PredictInputError("no input images or shards given")
         index = predict(args.checkpoint, inputs, args.out, cfg, args.boxes)

@@ -3,7 +3,7 @@
     hv eval pose --checkpoint runs/pose/export --shards 'val/*.tar' --config configs/eval/eval.yaml flip_test=true
 
 Defaults live in the dataclasses, `configs/eval/*.yaml` set values, `key=value` arguments override; an
-unknown key or a wrong type fails before any model is loaded (`train.config.load_config`). The resolved
+unknown key or a wrong type fails before any model is loaded (`data_engine.config.load_config`). The resolved
 config is saved beside the outputs as `config.yaml`.
 """
 
@@ -12,19 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from data_engine.config import ConfigError
 from data_engine.curate_config import DetectorConfig
-from train.config import ConfigError
+from data_engine.shards import BadSamplePolicy
 
 
 class Device(str, Enum):
     auto = "auto"  # cuda when available, else cpu
     cpu = "cpu"
     cuda = "cuda"
-
-
-class BadSamples(str, Enum):
-    skip = "skip"  # count and list each bad sample in the output, go on
-    raise_ = "raise"  # stop at the first one
 
 
 @dataclass
@@ -34,7 +30,7 @@ class EvalConfig:
     flip_test: bool = False  # average with the mirrored input (pose: flipped heatmaps, channels swapped)
     max_samples: int = 0  # 0 = every sample of the shards
     pictures: int = 8  # prediction-vs-ground-truth pictures written under OUT/pictures
-    bad_samples: BadSamples = BadSamples.skip
+    bad_samples: BadSamplePolicy = BadSamplePolicy.skip  # skip: count and list each bad sample in the output, go on
     keypoint_threshold: float = 0.2  # keypoints under this score do not count in a person's score (mmpose's rule)
 
     def validate(self) -> None:
@@ -58,7 +54,7 @@ class PredictConfig:
     device: Device = Device.auto
     flip_test: bool = False
     keypoint_threshold: float = 0.3  # keypoints drawn above this score
-    bad_samples: BadSamples = BadSamples.skip
+    bad_samples: BadSamplePolicy = BadSamplePolicy.skip
     tasks: list[str] = field(default_factory=list)  # empty: every head of the model
     box_source: BoxSource = BoxSource.auto
     detector: DetectorConfig = field(default_factory=DetectorConfig)

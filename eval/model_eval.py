@@ -24,7 +24,7 @@ import numpy as np
 
 from data_engine.coco import gt_annotation, gt_category
 from data_engine.sample import Sample
-from eval.config import BadSamples, EvalConfig, resolve_device
+from eval.config import EvalConfig, resolve_device
 from eval.metrics import MetricInputError
 from train.models.tasks import Task
 
@@ -34,8 +34,7 @@ EvalTask = Task
 def _samples(shards: list[str], cfg: EvalConfig, report) -> Iterator[Sample]:
     from data_engine import shards as shard_io
 
-    policy = "raise" if cfg.bad_samples == BadSamples.raise_ else "skip"
-    for n, sample in enumerate(shard_io.iter_samples(shards, policy=policy, report=report)):
+    for n, sample in enumerate(shard_io.iter_samples(shards, policy=cfg.bad_samples, report=report)):
         if cfg.max_samples and n >= cfg.max_samples:
             return
         yield sample

@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from eval.config import BadSamples, BoxSource, PredictConfig, resolve_device
+from data_engine.shards import BadSamplePolicy
+from eval.config import BoxSource, PredictConfig, resolve_device
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -112,7 +113,7 @@ def read_boxes_file(path: str) -> dict[str, list[list[float]]]:
     return obj
 
 
-def _iter_inputs(images: list[str], shards: list[str], policy: BadSamples) -> Iterator[InputImage]:
+def _iter_inputs(images: list[str], shards: list[str], policy: BadSamplePolicy) -> Iterator[InputImage]:
     from data_engine import shards as shard_io
     from data_engine.sample import SampleError, decode_image
 
@@ -133,14 +134,13 @@ def _iter_inputs(images: list[str], shards: list[str], policy: BadSamples) -> It
                 image = decode_image(f.read())
             yield InputImage(name, path, image)
         except Exception as e:  # Pillow raises several types for truncated or non-image files
-            if policy == BadSamples.raise_:
+            if policy == BadSamplePolicy.raise_:
                 raise PredictInputError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
             yield InputImage(name, path, None, error=f"not a readable image ({type(e).__name__}: {e})")
-    shard_policy = "raise" if policy == BadSamples.raise_ else "skip"
     for shard in shards:
         report = shard_io.ReadReport()
         try:
-            for sample in shard_io.iter_samples([shard], policy=shard_policy, report=report):
+            for sample in shard_io.iter_samples([shard], policy=policy, report=report):
                 persons = [p["bbox"] for p in sample.meta.get("persons", []) if isinstance(p, dict) and "bbox" in p]
                 yield InputImage(unique(sample.key), f"{shard}#{sample.key}", sample.image, persons, key=sample.key)
         except (SampleError, shard_io.ShardError) as e:

@@ -2,22 +2,29 @@
 
     hv synth scans/ --out runs/synth --config configs/synth/default.yaml views=8 camera.focal_mm=[50,85]
 
-An unknown key fails at start-up (OmegaConf structured config). The resolved config is saved as
-`{out}/config.yaml`; a re-run into the same folder must resolve to the same render settings.
+An unknown key or a value outside a mode's set fails at start-up (`data_engine.config.load_config`). The
+resolved config is saved as `{out}/config.yaml`; a re-run into the same folder must resolve to the same render
+settings.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from omegaconf import OmegaConf
 
-from synth.poses import POSE_FAMILIES, check_families
+from data_engine.config import ConfigError as ConfigError
+from data_engine.config import load_config as load_typed_config
+from data_engine.config import to_yaml as to_yaml
+from data_engine.sample import ImageFormat
+from synth.poses import POSE_FAMILIES, PoseFamily, check_families
 
 Units = Literal["m", "dm", "cm", "mm"]
 UNIT_TO_METRES: dict[str, float] = {"m": 1.0, "dm": 0.1, "cm": 0.01, "mm": 0.001}
 UpAxis = Literal["x", "y", "z", "-x", "-y", "-z"]
+LightKind = Literal["directional", "point", "spot"]
+BackgroundKind = Literal["gradient", "noise", "checker"]  # procedural backgrounds (synth/views.py)
 
 
 @dataclass
@@ -35,7 +42,7 @@ class CameraConfig:
 @dataclass
 class LightConfig:
     count: list[int] = field(default_factory=lambda: [1, 4])
-    kinds: list[str] = field(default_factory=lambda: ["directional", "point", "spot"])
+    kinds: list[LightKind] = field(default_factory=lambda: ["directional", "point", "spot"])
     temperature_k: list[float] = field(default_factory=lambda: [2700.0, 7500.0])
     directional_intensity: list[float] = field(default_factory=lambda: [1.5, 5.0])
     point_intensity: list[float] = field(default_factory=lambda: [5.0, 40.0])  # candela, at 1.5-4 m
@@ -47,7 +54,7 @@ class LightConfig:
 @dataclass
 class BackgroundConfig:
     dir: str | None = None  # folder of images (searched recursively); None = procedural backgrounds
-    procedural: list[str] = field(default_factory=lambda: ["gradient", "noise", "checker"])
+    procedural: list[BackgroundKind] = field(default_factory=lambda: ["gradient", "noise", "checker"])
 
 
 @dataclass
@@ -75,7 +82,7 @@ class BodyConfig:
     # Each body is one person (shape, skin, clothes) in ceil(views / views_per_pose) poses, its views spread evenly
     # over them. Posing is batched and the texture stays on the GPU, so more poses cost little; `views` = one pose.
     views_per_pose: int = 1
-    families: list[str] = field(default_factory=lambda: list(POSE_FAMILIES))  # pose families to draw from
+    families: list[PoseFamily] = field(default_factory=lambda: list(POSE_FAMILIES))  # pose families to draw from
     clothing_prob: float = 0.7  # chance of a coloured top and of coloured bottoms (labelled as clothing)
     texture_size: int = 512
 
@@ -89,7 +96,7 @@ class SynthConfig:
     height: int = 768
     seed: int = 0
     heldout_fraction: float = 0.1  # subjects (not views) held out, so no person is in both splits
-    image_format: Literal["png", "jpg"] = "png"
+    image_format: ImageFormat = "png"
     shard_max_count: int = 1000
     seg: bool = True  # write seg.png where part labels exist
     workers: int = 0  # Ray render actors; 0 = one per CPU of the cluster
@@ -101,50 +108,18 @@ class SynthConfig:
     scan: ScanConfig = field(default_factory=ScanConfig)
     bodies: BodyConfig = field(default_factory=BodyConfig)
 
+    def validate(self) -> None:
+        check_config(self)
+
 
 # Settings that change no pixel and no key: a resumed run may change them.
 # Adding scans or bodies to an output folder is allowed: each subject's renders depend only on itself.
 EXECUTION_KEYS = ("workers", "ray_address", "inline", "out", "scans")
 
 
-class ConfigError(ValueError):
-    """A bad config value or key; the message names it."""
-
-
-def load_config(yaml_path: str | None = None, overrides: list[str] | None = None, **flags) -> SynthConfig:
-    """Merge defaults, an optional YAML file, flags (None = not given) and `key=value` overrides."""
-    from omegaconf.errors import OmegaConfBaseException
-
-    base = OmegaConf.structured(SynthConfig)
-    try:
-        layers = [base]
-        if yaml_path:
-            layers.append(OmegaConf.load(yaml_path))
-        given = {k: v for k, v in flags.items() if v is not None}
-        layers.append(OmegaConf.create(_nest(given)))
-        layers.append(OmegaConf.from_dotlist(list(overrides or [])))
-        merged = OmegaConf.merge(*layers)
-        config: SynthConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
-    except (OmegaConfBaseException, FileNotFoundError) as e:
-        raise ConfigError(f"bad synth config: {e}".splitlines()[0] + _hint(e)) from None
-    check_config(config)
-    return config
-
-
-def _nest(flat: dict) -> dict:
-    nested: dict = {}
-    for dotted, value in flat.items():
-        node = nested
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return nested
-
-
-def _hint(e: Exception) -> str:
-    key = getattr(e, "full_key", None)
-    return f" (key {key!r})" if key else ""
+def load_config(yaml_path: str | None = None, overrides: list[str] | None = None, **flags: Any) -> SynthConfig:
+    """Merge defaults, an optional YAML file, flags (None = not given; dotted keys) and `key=value` overrides."""
+    return load_typed_config(SynthConfig, yaml_path, overrides, flags, what="synth config")
 
 
 def check_config(config: SynthConfig) -> None:
@@ -198,10 +173,6 @@ def check_config(config: SynthConfig) -> None:
         raise ConfigError(f"bodies.clothing_prob must be within [0, 1], got {body.clothing_prob}")
     if config.scan.min_height_m >= config.scan.max_height_m:
         raise ConfigError("scan.min_height_m must be below scan.max_height_m")
-
-
-def to_yaml(config: SynthConfig) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(config))
 
 
 def render_settings(config: SynthConfig) -> dict:

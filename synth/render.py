@@ -19,15 +19,13 @@ from __future__ import annotations
 import ctypes
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Literal
 
 import numpy as np
 import trimesh
 
 from synth.camera import GL_TO_CV, PinholeCamera
+from synth.config import LightKind
 from synth.gl import pyrender
-
-LightKind = Literal["directional", "point", "spot"]
 
 
 @dataclass(frozen=True)

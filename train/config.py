@@ -4,24 +4,23 @@
     save_config(cfg, "RUN/config.yaml")        # the resolved config, beside the outputs
 
 An unknown key, a value of the wrong type or a malformed override raises ConfigError naming it, before
-anything starts. `TrainConfig` holds what the engine reads; each task (pretraining here, fine-tuning in
-`train.finetune`) subclasses it with its model and data sections.
+anything starts. `load_config`, `save_config`, `to_yaml` and `ConfigError` are every stage's, from
+`data_engine.config`, re-exported here. `TrainConfig` holds what the engine reads; each task (pretraining
+here, fine-tuning in `train.finetune`) subclasses it with its model and data sections.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Any
 
-T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A config that cannot be used: the message names the file, key or override."""
+from data_engine.config import ConfigError as ConfigError
+from data_engine.config import load_config as load_config
+from data_engine.config import save_config as save_config
+from data_engine.config import to_yaml as to_yaml
 
 
 class Precision(str, Enum):
@@ -128,53 +127,3 @@ def validate_milestones(optim: OptimConfig, steps: int) -> None:
         )
     if not 0 < optim.gamma <= 1:
         raise ConfigError(f"optim.gamma must be in (0, 1], got {optim.gamma}")
-
-
-def load_config(schema: type[T], path: str | None = None, overrides: Sequence[str] = ()) -> T:
-    """Defaults of `schema`, then the YAML file, then `key=value` overrides; validated; a dataclass instance."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    merged = OmegaConf.structured(schema)
-    if path is not None:
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file {path!r} does not exist")
-        try:
-            loaded = OmegaConf.load(path)
-            merged = OmegaConf.merge(merged, loaded)
-        except OmegaConfBaseException as e:
-            raise ConfigError(f"{path}: {_first_line(e)}") from None
-        except Exception as e:  # YAML syntax errors and the like
-            raise ConfigError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
-    for item in overrides:
-        key, sep, _ = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} must be key=value")
-        try:
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
-        except OmegaConfBaseException as e:
-            raise ConfigError(f"override {item!r}: {_first_line(e)}") from None
-    cfg = OmegaConf.to_object(merged)
-    validate = getattr(cfg, "validate", None)
-    if validate is not None:
-        validate()
-    return cfg  # type: ignore[return-value]
-
-
-def to_yaml(cfg: Any) -> str:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
-
-
-def save_config(cfg: Any, path: str) -> None:
-    """Write the resolved config as YAML (atomically: a reader never sees half a file)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(to_yaml(cfg))
-    os.replace(tmp, path)
-
-
-def _first_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0]

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
+from data_engine.shards import BadSamplePolicy
 from train.config import ConfigError, OptimConfig, Schedule, TrainConfig, load_config
 from train.models.spec import ModelSpec
 from train.models.tasks import TASK_NAMES, LossInputs, Task
@@ -48,7 +49,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     shards: str = ""  # files, folders or globs (local or pyarrow.fs URIs), comma-separated (as in pretraining)
-    bad_samples: str = "skip"  # "skip": count and report broken samples; "raise": stop at the first
+    bad_samples: BadSamplePolicy = BadSamplePolicy.skip  # skip: count and report broken samples; raise: stop
     shuffle_buffer: int = 64
     num_workers: int = 0  # loader processes per rank making rows (augmentation); 0 = in the training process
     background_shards: str = ""  # shards of images pasted behind people, comma-separated; empty: random fields
@@ -137,8 +138,6 @@ class FinetuneConfig(TrainConfig):
         from data_engine import schema
         from train.models.spec import SpecError
 
-        if self.data.bad_samples not in ("skip", "raise"):
-            raise ConfigError(f"data.bad_samples must be 'skip' or 'raise', got {self.data.bad_samples!r}")
         if not self.tasks or any(t not in TASK_NAMES for t in self.tasks):
             raise ConfigError(f"tasks {list(self.tasks)}: each must be one of {', '.join(TASK_NAMES)}")
         try:

@@ -10,10 +10,11 @@ from label_studio_sdk.converter.brush import decode_rle as sdk_decode_rle
 from label_studio_sdk.converter.brush import mask2rle
 
 from annotation import convert, labeling, rle
-from annotation.config import AnnotateConfig, config_dict, load_config
+from annotation.config import AnnotateConfig, load_config
 from annotation.errors import AnnotationError
 from annotation.server import find_binary
 from data_engine import schema
+from data_engine.config import ConfigError, to_dict
 from data_engine.sample import PersonPose, Pose
 
 from .conftest import all_class_seg, random_pose
@@ -147,17 +148,17 @@ def _blob(shape):
 
 
 def test_config_defaults_file_matches_schema_and_unknown_keys_fail(tmp_path):
-    assert config_dict(load_config("configs/annotation/default.yaml")) == config_dict(AnnotateConfig())
+    assert to_dict(load_config("configs/annotation/default.yaml")) == to_dict(AnnotateConfig())
     assert load_config(None, ["seg_overlap=smallest", "batch_size=7"]).batch_size == 7
-    with pytest.raises(AnnotationError, match="batch_sise"):
+    with pytest.raises(ConfigError, match="batch_sise"):
         load_config(None, ["batch_sise=7"])
-    with pytest.raises(AnnotationError, match="key seg_overlap"):
+    with pytest.raises(ConfigError, match="key seg_overlap"):
         load_config(None, ["seg_overlap=biggest"])
-    with pytest.raises(AnnotationError, match="keypoint subset"):
+    with pytest.raises(ConfigError, match="keypoint subset"):
         load_config(None, ["keypoint_set=elbows"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("vocabulary: goliath28\nsurprise: 1\n")
-    with pytest.raises(AnnotationError, match="surprise"):
+    with pytest.raises(ConfigError, match="surprise"):
         load_config(str(bad))
 
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from eval_testdata import write_finetuned_checkpoint
 
-from train.models.weights import CheckpointError, load_finetuned
 from eval.export import parse_size
 from humanvision_cli import main
+from train.models.weights import CheckpointError, load_finetuned
 
 
 @pytest.fixture(scope="module")
