@@ -41,8 +41,8 @@ def best_of(fn, repeats: int) -> float:
 def bench_multitask(size: tuple[int, int], repeats: int) -> None:
     from ft_synthetic import person_sample
 
-    from train.data_finetune import ItemReport, collate, sample_items
-    from train.finetune import data_params, task_losses
+    from train.data_finetune import ItemReport, collate, data_params, sample_items
+    from train.finetune import task_losses
     from train.finetune_config import load_finetune_config
     from train.models.multitask import build_model
     from train.models.tasks import TASKS

@@ -2,6 +2,7 @@
 
     stream = iter_items(shards, spec, seed=0, rank=0, world_size=1, report=report)
     batch = collate([next(stream) for _ in range(8)])
+    make_batches = make_batches_fn(cfg, report_path="RUN/data_report.json")  # the engine's, for a FinetuneConfig
 
 A sample trains the heads whose members it has: each labelled person of a `pose.json` becomes one top-down
 crop (pose targets), and a sample with `seg.png`, `depth.png` or `normal.png` becomes one whole-image view
@@ -11,24 +12,32 @@ them; `collate` records, per task, which rows of the batch carry its targets.
 Bad samples follow `data_engine.shards.iter_samples`' policy ("skip": counted in `ReadReport.bad` with the
 shard, key and reason). Labels a sample has but the run cannot use (a seg vocabulary other than the model's,
 a keypoint set with none of the model's keypoints, a person without a labelled keypoint) are counted per
-reason in `ItemReport.unused`, never dropped silently.
+reason in `ItemReport.unused`, never dropped silently. Slots (ranks and loader workers), the shard/sample
+split, the shuffle buffer and exact resume are `train.data_stream`'s.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from data_engine import schema
 from data_engine.sample import Sample
 from data_engine.shards import BadSamplePolicy, ReadReport, expand, iter_samples
+from train.data_stream import Slot, make_batches_from, shuffled, split_shards
 from train.models.tasks import DENSE_TASKS, TASKS, Task
 from train.transforms import normalize_image
 from train.transforms.dense import DenseParams, dense_item
 from train.transforms.pose import TopDownParams, lower_body_mask, topdown_item
+
+if TYPE_CHECKING:
+    from train.finetune_config import FinetuneConfig
 
 
 @dataclass
@@ -129,14 +138,6 @@ def _pose_items(
     return items
 
 
-def rank_paths(paths: Sequence[str], rank: int, world_size: int) -> tuple[list[str], bool]:
-    """Split shards across ranks when there are enough (each reads only its own); else every rank reads all
-    shards and keeps every world_size-th sample. Returns (paths, split_by_sample)."""
-    if len(paths) >= world_size:
-        return list(paths[rank::world_size]), False
-    return list(paths), True
-
-
 def iter_items(
     shards: str | Sequence[str],
     spec: LabelSpec,
@@ -152,46 +153,45 @@ def iter_items(
     shuffle_buffer: int = 64,
     backgrounds: list[np.ndarray] | None = None,
 ) -> Iterator[Item]:
-    """An endless (or `epochs`-long) deterministic stream of training rows for one rank.
+    """An endless (or `epochs`-long) deterministic stream of training rows for one slot (`rank` of `world_size`).
 
-    Each epoch reshuffles the shard order and mixes rows through a `shuffle_buffer`; the random state
-    depends only on (seed, rank), so the same call gives the same stream. Raises ValueError when a whole
+    Each epoch reshuffles the shard order and splits shards or samples between slots
+    (`train.data_stream.split_shards`), and mixes rows through a `shuffle_buffer`; the random state depends
+    only on (seed, rank, world_size), so the same call gives the same stream. Raises ValueError when a whole
     epoch yields no row for the run's tasks (the shards have none of its labels).
     """
     report = report if report is not None else ItemReport()
     paths = expand(shards)
-    mine, by_sample = rank_paths(paths, rank, world_size)
-    # The shard order comes from a generator every rank shares (a per-sample split needs the same order on all
-    # ranks); augmentation and the shuffle buffer from a per-rank one.
-    order_rng = np.random.default_rng([seed, world_size])
-    rng = np.random.default_rng([seed, rank, world_size])
+    rng = np.random.default_rng([seed, rank, world_size])  # augmentation and the shuffle buffer
     epoch = 0
     while epochs is None or epoch < epochs:
-        order = [mine[i] for i in order_rng.permutation(len(mine))] if augment else mine
-        buffer: list[Item] = []
+        mine, select = split_shards(paths, rank, world_size, seed if augment else None, epoch)
+        samples = iter_samples(mine, policy=policy, report=report.read, select=select)
+        rows = _rows(samples, spec, pose_params, dense_params, rng if augment else None, report, backgrounds)
         made = 0
-        for index, sample in enumerate(iter_samples(order, policy=policy, report=report.read)):
-            if by_sample and index % world_size != rank:
-                continue
-            report.samples += 1
-            for item in sample_items(
-                sample, spec, pose_params, dense_params, rng if augment else None, report, backgrounds
-            ):
-                made += 1
-                if not augment or shuffle_buffer <= 1:
-                    yield item
-                    continue
-                buffer.append(item)
-                if len(buffer) >= shuffle_buffer:
-                    yield buffer.pop(int(rng.integers(len(buffer))))
-        while buffer:
-            yield buffer.pop(int(rng.integers(len(buffer))))
+        for item in shuffled(rows, shuffle_buffer if augment else 0, rng):
+            made += 1
+            yield item
         if made == 0:
             raise ValueError(
                 f"shards {list(mine)[:3]}{'...' if len(mine) > 3 else ''} gave no training rows for tasks "
                 f"{list(spec.tasks)} (rank {rank}/{world_size}); {report.summary()}"
             )
         epoch += 1
+
+
+def _rows(
+    samples: Iterator[Sample],
+    spec: LabelSpec,
+    pose_params: TopDownParams,
+    dense_params: DenseParams,
+    rng: np.random.Generator | None,
+    report: ItemReport,
+    backgrounds: list[np.ndarray] | None,
+) -> Iterator[Item]:
+    for sample in samples:
+        report.samples += 1
+        yield from sample_items(sample, spec, pose_params, dense_params, rng, report, backgrounds)
 
 
 def iter_batches(items: Iterator[Item], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
@@ -230,3 +230,79 @@ def collate(items: Sequence[Item]) -> dict[str, np.ndarray]:
         for name in names:
             batch[name] = np.stack([items[i].targets[name] for i in rows])
     return batch
+
+
+# ------------------------------------------------------------------------------------- the engine's batches
+
+
+def data_params(cfg: FinetuneConfig) -> tuple[LabelSpec, TopDownParams, DenseParams]:
+    """(LabelSpec, TopDownParams, DenseParams) of a config."""
+    size = (int(cfg.model.image_size[0]), int(cfg.model.image_size[1]))
+    spec = LabelSpec(tasks=cfg.active_tasks, keypoint_set=cfg.pose.keypoint_set, seg_vocabulary=cfg.seg.vocabulary)
+    return spec, TopDownParams(input_size=size, augment=cfg.pose), DenseParams(input_size=size, augment=cfg.augment)
+
+
+def load_backgrounds(patterns: Sequence[str], limit: int) -> list[np.ndarray]:
+    """Up to `limit` RGB images from shards (their image member), for background replacement."""
+    pool: list[np.ndarray] = []
+    if not patterns:
+        return pool
+    for sample in iter_samples(list(patterns), policy="skip"):
+        pool.append(sample.image)
+        if len(pool) >= limit:
+            break
+    if not pool:
+        raise ValueError(f"data.background_shards {list(patterns)} holds no readable image")
+    return pool
+
+
+def make_batches_fn(cfg: FinetuneConfig, report_path: str | None = None, reports: list | None = None):
+    """The engine's `make_batches(rank, world_size, seed, start_step)` for a `FinetuneConfig`.
+
+    Slots, loader workers and resume come from `train.data_stream`. num_workers = 0: rows are made in the
+    training process; its ItemReport is appended to `reports` and rank 0 rewrites `report_path` every 50
+    batches. num_workers = W > 0: each of rank 0's workers rewrites `report_path` with `-w{w}` (its logical
+    stream) before the extension.
+    """
+
+    def slot_batches(slot: Slot) -> Iterator[dict[str, Any]]:
+        report = ItemReport()
+        if reports is not None and slot.worker is None:
+            reports.append(report)
+        path = None
+        if report_path is not None and slot.rank == 0:
+            stem, ext = os.path.splitext(report_path)
+            path = report_path if slot.worker is None else f"{stem}-w{slot.worker}{ext}"
+        return _slot_batches(cfg, slot, report, path)
+
+    return make_batches_from(slot_batches, cfg.data.num_workers)
+
+
+def _slot_batches(
+    cfg: FinetuneConfig, slot: Slot, report: ItemReport, report_path: str | None
+) -> Iterator[dict[str, Any]]:
+    """One slot's batches (as torch tensors), its first `slot.skip` batches replayed and dropped: the stream is
+    deterministic, so a resumed run continues the same data order."""
+    import torch
+
+    spec, pose, dense = data_params(cfg)
+    backgrounds = load_backgrounds(cfg.data.background_patterns(), cfg.data.max_backgrounds)
+    items = iter_items(
+        cfg.data.shard_patterns(), spec, pose, dense, seed=slot.seed, rank=slot.index, world_size=slot.count,
+        report=report, policy=cfg.data.bad_samples, shuffle_buffer=cfg.data.shuffle_buffer, backgrounds=backgrounds,
+    )  # fmt: skip
+    for index, batch in enumerate(iter_batches(items, cfg.batch_size)):
+        if index < slot.skip:
+            continue
+        if report_path is not None and index % 50 == 0:
+            write_report(report_path, report)
+        yield {k: torch.from_numpy(v) for k, v in batch.items()}
+
+
+def write_report(path: str, report: ItemReport) -> None:
+    """The stream's report as JSON (written to a temporary file, then renamed over `path`)."""
+    bad = [{"shard": b.shard, "key": b.key, "reason": b.reason, "seen": b.seen} for b in report.read.bad]
+    with open(path + ".tmp", "w") as f:
+        json.dump({"summary": report.summary(), "samples": report.samples, "rows": dict(report.items),
+                   "unused_labels": dict(report.unused), "bad_samples": bad}, f, indent=1)  # fmt: skip
+    os.replace(path + ".tmp", path)

@@ -4,10 +4,9 @@
                                seed=0, start_batch=0, bad_dir="RUN/bad_samples")
     next(batches)  # {"images": (64, 3, 1024, 1024) uint8}
 
-Each (rank, loader worker) pair is a "slot" with disjoint data: whole shards per slot when there are at
-least as many shards as slots, else every slot reads all shards and keeps the samples whose index in the
-stream falls to it. Order, crops and flips depend only on (seed, epoch, slot, index), so a run resumed at
-batch N replays the same stream from N (skipped batches are decoded but not augmented).
+Slots (a rank's loader workers), the split of shards or samples between them, the shuffle buffer and resume
+come from `train.data_stream`. Order, crops and flips depend only on (seed, epoch, slot, index), so a run
+resumed at batch N replays the same stream from N (skipped batches are decoded but not augmented).
 
 Bad samples (undecodable members, a broken or missing shard) are skipped, counted and written with their
 shard, key and reason to `bad_dir/slot-XXXX.jsonl`; a slot that finds no readable sample at all stops with
@@ -26,6 +25,7 @@ import numpy as np
 
 from data_engine.sample import Sample
 from data_engine.shards import ReadReport, expand, iter_samples
+from train.data_stream import Slot, make_batches_from, shuffled, split_shards
 
 # ImageNet statistics: what MAE and Sapiens normalise with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -148,41 +148,18 @@ def slot_samples(
     """This slot's endless stream of (sample, its own augmentation RNG), epoch after epoch."""
     epoch = 0
     while True:
-        order = np.random.default_rng([seed, epoch]).permutation(len(paths))  # the same on every slot
-        by_shard = len(paths) >= slots
-        mine = [paths[i] for k, i in enumerate(order) if not by_shard or k % slots == slot]
-        buffer: list[Sample] = []
+        mine, select = split_shards(paths, slot, slots, seed, epoch)
+        read = ReadReport(on_bad=lambda b: bad.record(b.shard, b.key, b.reason))
+        samples = iter_samples(mine, policy="skip", report=read, select=select)
         shuffle_rng = np.random.default_rng([seed, epoch, slot, 1])
-        index = good = 0
-        for sample in _decoded(mine, None if by_shard else (slot, slots), bad):
-            good += 1
-            if shuffle_buffer <= 1:
-                yield sample, np.random.default_rng([seed, epoch, slot, 2, index])
-                index += 1
-                continue
-            buffer.append(sample)
-            if len(buffer) >= shuffle_buffer:
-                j = int(shuffle_rng.integers(len(buffer)))
-                buffer[j], buffer[-1] = buffer[-1], buffer[j]
-                yield buffer.pop(), np.random.default_rng([seed, epoch, slot, 2, index])
-                index += 1
-        shuffle_rng.shuffle(buffer)
-        for sample in buffer:
+        for index, sample in enumerate(shuffled(samples, shuffle_buffer, shuffle_rng)):
             yield sample, np.random.default_rng([seed, epoch, slot, 2, index])
-            index += 1
-        if good == 0:
+        if read.samples == 0:
             raise RuntimeError(
                 f"data slot {slot} of {slots} found no readable sample in {len(mine)} shard(s) "
                 f"({', '.join(mine[:3])}{', ...' if len(mine) > 3 else ''}); bad samples: {bad.path}"
             )
         epoch += 1
-
-
-def _decoded(paths: Sequence[str], split: tuple[int, int] | None, bad: BadSampleLog) -> Iterator[Sample]:
-    """Decode the samples of `paths` (only index % slots == slot ones when `split`), recording bad ones."""
-    report = ReadReport(on_bad=lambda b: bad.record(b.shard, b.key, b.reason))
-    select = None if split is None else (lambda i: i % split[1] == split[0])
-    yield from iter_samples(paths, policy="skip", report=report, select=select)
 
 
 def batch_stream(
@@ -211,11 +188,6 @@ def batch_stream(
         yield {"images": torch.from_numpy(np.stack(images))}
 
 
-def _skip_for(logical: int, workers: int, start_batch: int) -> int:
-    """Batches logical worker `logical` produced among the first `start_batch` (round-robin order)."""
-    return max(0, -(-(start_batch - logical) // workers))
-
-
 def pretrain_batches(
     cfg: PretrainDataConfig,
     img_size: tuple[int, int],
@@ -226,31 +198,16 @@ def pretrain_batches(
     start_batch: int = 0,
     bad_dir: str | None = None,
 ) -> Iterator[dict[str, object]]:
-    """This rank's batches through a DataLoader with `cfg.num_workers` processes (the engine's make_batches).
-
-    The DataLoader takes batches from its workers round-robin, starting at worker 0; on resume, physical
-    worker w plays logical worker (w + start_batch) % W so the output continues the uninterrupted order.
-    """
-    import torch
-
+    """This rank's batches (the engine's make_batches), through `cfg.num_workers` loader processes; slots,
+    worker streams and resume as in `train.data_stream`."""
     paths = expand(cfg.shard_patterns()) if cfg.shard_patterns() else []
     if not paths:
         raise FileNotFoundError("data.shards is empty: set data.shards=GLOB")
-    workers = max(cfg.num_workers, 0)
-    if workers == 0:
-        yield from batch_stream(paths, cfg, img_size, batch_size, rank, world_size, seed, start_batch, bad_dir)
-        return
 
-    class _Slots(torch.utils.data.IterableDataset):
-        def __iter__(self):
-            info = torch.utils.data.get_worker_info()
-            logical = (info.id + start_batch) % workers
-            slot = rank * workers + logical
-            skip = _skip_for(logical, workers, start_batch)
-            return batch_stream(paths, cfg, img_size, batch_size, slot, world_size * workers, seed, skip, bad_dir)
+    def slot_batches(slot: Slot) -> Iterator[dict[str, object]]:
+        return batch_stream(paths, cfg, img_size, batch_size, slot.index, slot.count, slot.seed, slot.skip, bad_dir)
 
-    loader = torch.utils.data.DataLoader(_Slots(), batch_size=None, num_workers=workers, prefetch_factor=2)
-    yield from loader
+    yield from make_batches_from(slot_batches, cfg.num_workers)(rank, world_size, seed, start_batch)
 
 
 def normalise(images, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):

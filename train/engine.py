@@ -31,34 +31,69 @@ too: the distributed environment variables are filled in for one local process.
 from __future__ import annotations
 
 import json
-import math
 import os
-import shutil
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from train.config import OptimConfig, Precision, Schedule, TrainConfig
+from train.checkpoints import checkpoint_root, load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint
+from train.config import TrainConfig
+from train.distributed import device_for, free_port, init_distributed
+from train.ds_config import deepspeed_config, for_device, tune_engine, use_bf16
+from train.optim import (
+    layer_id_fn,
+    lr_schedule,
+    make_optimizer,
+    multistep_steps,
+    no_weight_decay,
+    param_groups,
+    peak_lr,
+)
+
+# The loop and its metrics log are here; its parts have modules of their own: `train.distributed` (processes,
+# device), `train.ds_config` (DeepSpeed's config), `train.optim` (groups, AdamW, LR schedule), `train.checkpoints`.
+# Their names stay importable from here.
+__all__ = [
+    "PEAK_BF16_FLOPS",
+    "FitResult",
+    "LossFn",
+    "MakeBatches",
+    "MetricsLog",
+    "checkpoint_root",
+    "deepspeed_config",
+    "device_for",
+    "fit",
+    "for_device",
+    "free_port",
+    "init_distributed",
+    "layer_id_fn",
+    "load_checkpoint",
+    "lr_schedule",
+    "make_optimizer",
+    "multistep_steps",
+    "no_weight_decay",
+    "param_groups",
+    "peak_flops",
+    "peak_lr",
+    "peak_memory_mb",
+    "prune_checkpoints",
+    "resolve_resume",
+    "save_checkpoint",
+    "step_seed",
+    "tune_engine",
+    "use_bf16",
+]
 
 LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]
 MakeBatches = Callable[[int, int, int, int], Iterator[Any]]
 
 # Dense bf16 peak FLOP/s of common accelerators, for MFU (vendor data sheets, no sparsity).
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
-_OWNED_KEYS = (
-    "train_micro_batch_size_per_gpu",
-    "gradient_accumulation_steps",
-    "gradient_clipping",
-    "zero_optimization.stage",
-    "bf16.enabled",
-)
 
 
 @dataclass
@@ -68,266 +103,6 @@ class FitResult:
     checkpoint: str | None  # the newest checkpoint folder
     metrics: str  # path of metrics.jsonl
     model: nn.Module | None = None  # the trained module (ZeRO-3: partitioned; gather to read it)
-
-
-# -------------------------------------------------------------------------------------- distributed set-up
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def init_distributed() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank); a process started without a launcher becomes a world of one."""
-    import deepspeed
-
-    if "RANK" not in os.environ:
-        # Without these DeepSpeed tries MPI discovery and dies importing mpi4py (STACK.md).
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-        os.environ["MASTER_PORT"] = str(free_port())
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            # A world of one needs no rendezvous: an in-memory store cannot lose a race for a TCP port to
-            # another job starting at the same moment (seen when two runs started together). The backend is the
-            # accelerator's (nccl on a GPU: ZeRO's collectives run on device tensors, which gloo refuses).
-            from deepspeed.accelerator import get_accelerator
-
-            backend = (
-                "gloo" if get_accelerator().device_name() == "cpu" else get_accelerator().communication_backend_name()
-            )
-            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
-    deepspeed.init_distributed(verbose=False)
-    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def device_for(local_rank: int) -> torch.device:
-    from deepspeed.accelerator import get_accelerator
-
-    name = get_accelerator().device_name()
-    if name == "cpu":
-        return torch.device("cpu")
-    get_accelerator().set_device(local_rank)
-    return torch.device(name, local_rank)
-
-
-def use_bf16(precision: Precision, device: torch.device) -> bool:
-    if precision == Precision.auto:
-        return device.type != "cpu"
-    return precision == Precision.bf16
-
-
-def deepspeed_config(cfg: TrainConfig, bf16: bool) -> tuple[dict[str, Any], list[str]]:
-    """DeepSpeed's JSON config: the file, the `deepspeed:` block, then the typed fields (which win).
-
-    Returns the config and notes on file/block values that the typed fields replaced.
-    """
-    merged: dict[str, Any] = {}
-    if cfg.deepspeed_config:
-        with open(cfg.deepspeed_config) as f:
-            merged = json.load(f)
-    merged = _deep_merge(merged, dict(cfg.deepspeed))
-    owned = {
-        "train_micro_batch_size_per_gpu": cfg.batch_size,
-        "gradient_accumulation_steps": cfg.grad_accum,
-        "gradient_clipping": float(cfg.optim.clip_grad),
-        "zero_optimization.stage": cfg.zero_stage,
-        "bf16.enabled": bf16,
-    }
-    notes = []
-    for key in _OWNED_KEYS:
-        old = _get_path(merged, key)
-        if old is not None and old != owned[key]:
-            notes.append(f"deepspeed {key}={old!r} replaced by the config's {owned[key]!r}")
-        _set_path(merged, key, owned[key])
-    merged.pop("train_batch_size", None)  # derived by DeepSpeed from the micro batch, accumulation and world
-    merged.setdefault("steps_per_print", 1 << 30)  # our own metrics replace DeepSpeed's periodic prints
-    merged.setdefault("zero_allow_untested_optimizer", True)  # torch AdamW as a client optimizer
-    merged.setdefault("zero_force_ds_cpu_optimizer", False)  # ... also with optimizer offload
-    merged.setdefault("wall_clock_breakdown", False)
-    return merged, notes
-
-
-def for_device(ds_config: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """DeepSpeed settings that suit the device, where the file and the `deepspeed:` block leave them unset.
-
-    CPU, ZeRO-1/2: no contiguous gradient bucket. Copying each gradient into a bucket as backward produces it
-    exists to spare a GPU allocator fragmentation; on CPU it is a second full copy of the gradients every step
-    that the one flatten at the end of backward makes anyway. Measured on the tiny MAE in one process
-    (benchmarks/train.py, CPU time): ZeRO-1/2 step 1.69x -> 1.23x a plain loop.
-    """
-    out = _deep_merge(ds_config, {})
-    zero = out.get("zero_optimization", {})
-    if device.type == "cpu" and zero.get("stage", 0) in (1, 2):
-        out["zero_optimization"] = {"contiguous_gradients": False, **zero}
-    return out
-
-
-def make_optimizer(
-    groups: list[dict[str, Any]], cfg: TrainConfig, lr: float, device: torch.device
-) -> torch.optim.Optimizer:
-    """The client AdamW, fused where torch has the kernel: on CPU too (torch >= 2.4). The default per-tensor
-    loop makes ~10 passes over memory, and ZeRO-1/2's single flat fp32 partition is far larger than the cache,
-    so each pass misses (measured on the tiny MAE, CPU time: ZeRO-1 step 1.81x -> 1.69x a plain loop with the
-    same optimizer; the plain loop itself 12% faster)."""
-    fused = device.type in ("cpu", "cuda")
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps, fused=fused)
-
-
-def tune_engine(engine: Any, world: int) -> None:
-    """Per-step work DeepSpeed does that is a no-op for this run, switched off.
-
-    ZeRO-0 in a world of one: backward all-reduces the flattened gradients (a copy in, a collective over one
-    rank, a divide by one, a copy back). Skipped only in fp32, where the client optimizer steps directly;
-    DeepSpeed's bf16/fp16 optimizers use that call to track accumulation boundaries.
-    """
-    fp32 = not engine.bfloat16_enabled() and not engine.fp16_enabled()
-    if world == 1 and engine.zero_optimization_stage() == 0 and fp32:
-        engine.enable_backward_allreduce = False
-
-
-def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in top.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _get_path(d: dict[str, Any], path: str) -> Any:
-    for part in path.split("."):
-        if not isinstance(d, dict) or part not in d:
-            return None
-        d = d[part]
-    return d
-
-
-def _set_path(d: dict[str, Any], path: str, value: Any) -> None:
-    *parents, last = path.split(".")
-    for part in parents:
-        d = d.setdefault(part, {})
-    d[last] = value
-
-
-# ------------------------------------------------------------------------------ parameter groups, schedule
-
-
-def _shape(p: torch.Tensor) -> tuple[int, ...]:
-    return tuple(getattr(p, "ds_shape", p.shape))  # ZeRO-3 partitions leave p itself empty
-
-
-def no_weight_decay(name: str, param: torch.Tensor) -> bool:
-    """Norm weights, biases (all 1-D), position embeddings and learned tokens are not decayed."""
-    leaf = name.rsplit(".", 1)[-1]
-    return len(_shape(param)) <= 1 or "pos_embed" in leaf or leaf.endswith("token")
-
-
-def layer_id_fn(model: nn.Module) -> tuple[Callable[[str], int], int] | None:
-    """The model's layer numbering for layer-wise decay: its own `layer_id`, or that of its `.backbone`
-    (parameters outside the backbone count as the last layer). None if the model has neither."""
-    if hasattr(model, "layer_id") and hasattr(model, "num_layers"):
-        return model.layer_id, int(model.num_layers)
-    backbone = getattr(model, "backbone", None)
-    if backbone is not None and hasattr(backbone, "layer_id"):
-        n = int(backbone.num_layers)
-
-        def by_backbone(name: str) -> int:
-            return backbone.layer_id(name[len("backbone.") :]) if name.startswith("backbone.") else n - 1
-
-        return by_backbone, n
-    return None
-
-
-def param_groups(model: nn.Module, optim: OptimConfig) -> list[dict[str, Any]]:
-    """AdamW groups keyed by (decay or not, layer): each has `weight_decay` and `lr_scale`."""
-    numbering = layer_id_fn(model) if optim.layer_decay < 1.0 else None
-    if optim.layer_decay < 1.0 and numbering is None:
-        raise ValueError(f"layer_decay={optim.layer_decay} needs a model with layer_id()/num_layers or a .backbone")
-    groups: dict[tuple[bool, int], dict[str, Any]] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        skip_decay = no_weight_decay(name, p)
-        layer, scale = 0, 1.0
-        if numbering is not None:
-            fn, n = numbering
-            layer = fn(name)
-            scale = optim.layer_decay ** (n - 1 - layer)
-        group = groups.setdefault(
-            (skip_decay, layer),
-            {"params": [], "weight_decay": 0.0 if skip_decay else optim.weight_decay, "lr_scale": scale},
-        )
-        group["params"].append(p)
-    return list(groups.values())
-
-
-def lr_schedule(optim: OptimConfig, steps: int, peak_lr: float) -> np.ndarray:
-    """The LR of each optimizer step, (steps,): linear warmup from peak * warmup_start_factor, then decay."""
-    lrs = np.empty(steps, dtype=np.float64)
-    warm = optim.warmup_steps
-    decay_steps = multistep_steps(optim, steps) if optim.schedule == Schedule.multistep else []
-    for s in range(steps):
-        if s < warm:
-            f = optim.warmup_start_factor
-            lrs[s] = peak_lr * (f + (1 - f) * s / warm)
-            continue
-        t = (s - warm) / max(steps - warm, 1)  # 0 at the end of warmup, -> 1 at the last step
-        if optim.schedule == Schedule.multistep:
-            lrs[s] = peak_lr * optim.gamma ** sum(s >= d for d in decay_steps)  # min_lr plays no part
-        elif optim.schedule == Schedule.cosine:
-            lrs[s] = optim.min_lr + (peak_lr - optim.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
-        elif optim.schedule == Schedule.poly:
-            lrs[s] = optim.min_lr + (peak_lr - optim.min_lr) * (1 - t) ** optim.poly_power
-        else:
-            lrs[s] = peak_lr
-    return lrs
-
-
-def multistep_steps(optim: OptimConfig, steps: int) -> list[int]:
-    """The optimizer steps at which a multistep schedule multiplies the LR by gamma: round(fraction * steps)."""
-    return [round(m * steps) for m in optim.milestones]
-
-
-def peak_lr(cfg: TrainConfig, world_size: int) -> float:
-    if cfg.optim.lr is not None:
-        return float(cfg.optim.lr)
-    return cfg.optim.base_lr * cfg.batch_size * cfg.grad_accum * world_size / 256
-
-
-# ------------------------------------------------------------------------------------------- checkpoints
-
-
-def checkpoint_root(out_dir: str) -> str:
-    return os.path.join(out_dir, "checkpoints")
-
-
-def resolve_resume(resume: str, out_dir: str) -> tuple[str, str] | None:
-    """(load_dir, tag) to resume from, or None to start fresh. Raises naming a checkpoint that is missing."""
-    if resume == "none":
-        return None
-    root = checkpoint_root(out_dir)
-    if resume == "auto":
-        latest = os.path.join(root, "latest")
-        if not os.path.isfile(latest):
-            return None
-        with open(latest) as f:
-            return root, f.read().strip()
-    path = os.path.abspath(resume)
-    if os.path.isfile(os.path.join(path, "latest")):
-        with open(os.path.join(path, "latest")) as f:
-            return path, f.read().strip()
-    if os.path.isdir(path):
-        return os.path.dirname(path), os.path.basename(path)
-    raise FileNotFoundError(f"resume={resume!r}: no such checkpoint folder (or folder with a 'latest' file)")
-
-
-def _prune_checkpoints(root: str, keep: int) -> None:
-    if keep <= 0:
-        return
-    tags = sorted(d for d in os.listdir(root) if d.startswith("step_") and os.path.isdir(os.path.join(root, d)))
-    for tag in tags[:-keep]:
-        shutil.rmtree(os.path.join(root, tag), ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------------- logging
@@ -471,14 +246,8 @@ def _fit(
     )
     tune_engine(engine, world)
 
-    start_step = 0
     resume_from = resolve_resume(cfg.resume, out_dir)
-    if resume_from is not None:
-        load_dir, tag = resume_from
-        path, client = engine.load_checkpoint(load_dir, tag=tag)
-        if path is None:
-            raise RuntimeError(f"could not load checkpoint {os.path.join(load_dir, tag)}")
-        start_step = int(client["step"])
+    start_step = 0 if resume_from is None else load_checkpoint(engine, *resume_from)
 
     lrs = lr_schedule(cfg.optim, cfg.steps, lr0)
     global_batch = cfg.batch_size * cfg.grad_accum * world
@@ -554,13 +323,7 @@ def _fit(
                 bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lrs[step]:.2e}", refresh=False)
             bar.update(1)
         if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.steps:
-            root = checkpoint_root(out_dir)
-            tag = f"step_{done:08d}"
-            engine.save_checkpoint(root, tag=tag, client_state={"step": done})
-            dist.barrier()
-            newest = os.path.join(root, tag)
-            if rank == 0:
-                _prune_checkpoints(root, cfg.keep_checkpoints)
+            newest = save_checkpoint(engine, out_dir, done, rank, cfg.keep_checkpoints)
             window_start = time.perf_counter()  # saving is not training time
     if bar is not None:
         bar.close()

@@ -23,13 +23,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
 from train.config import ConfigError, save_config
+from train.data_finetune import make_batches_fn
+from train.data_finetune import write_report as _write_report
 from train.finetune_config import FinetuneConfig, TaskMode, load_finetune_config
 from train.models.multitask import FinetuneModel, build_model
 from train.models.tasks import TASKS
@@ -73,108 +74,6 @@ def task_losses(
 
 
 # ---------------------------------------------------------------------------------------------- the batches
-
-
-def data_params(cfg: FinetuneConfig):
-    """(LabelSpec, TopDownParams, DenseParams) of a config."""
-    from train.data_finetune import LabelSpec
-    from train.transforms.dense import DenseParams
-    from train.transforms.pose import TopDownParams
-
-    size = (int(cfg.model.image_size[0]), int(cfg.model.image_size[1]))
-    spec = LabelSpec(tasks=cfg.active_tasks, keypoint_set=cfg.pose.keypoint_set, seg_vocabulary=cfg.seg.vocabulary)
-    return spec, TopDownParams(input_size=size, augment=cfg.pose), DenseParams(input_size=size, augment=cfg.augment)
-
-
-def load_backgrounds(patterns: Sequence[str], limit: int) -> list[np.ndarray]:
-    """Up to `limit` RGB images from shards (their image member), for background replacement."""
-    from data_engine.shards import iter_samples
-
-    pool: list[np.ndarray] = []
-    if not patterns:
-        return pool
-    for sample in iter_samples(list(patterns), policy="skip"):
-        pool.append(sample.image)
-        if len(pool) >= limit:
-            break
-    if not pool:
-        raise ValueError(f"data.background_shards {list(patterns)} holds no readable image")
-    return pool
-
-
-def make_batches_fn(cfg: FinetuneConfig, report_path: str | None = None, reports: list | None = None):
-    """The engine's `make_batches(rank, world_size, seed, start_step)` for this config.
-
-    num_workers = 0: rows are made in the training process; its ItemReport is appended to `reports` and rank 0
-    rewrites `report_path` every 50 batches. num_workers = W > 0: a DataLoader runs W processes per rank,
-    each a logical stream of its own (slot rank * W + w of world * W, so no two read the same samples), taken
-    round-robin; each of rank 0's workers rewrites `report_path` with `-w{w}` before the extension.
-    """
-    workers = max(cfg.data.num_workers, 0)
-
-    def make_batches(rank: int, world_size: int, seed: int, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
-        if workers == 0:
-            report = _new_report(reports)
-            return _slot_batches(cfg, rank, world_size, seed, start_step, report, report_path if rank == 0 else None)
-
-        class _Slots(torch.utils.data.IterableDataset):
-            def __iter__(self):
-                wid = torch.utils.data.get_worker_info().id
-                # The DataLoader asks workers 0, 1, ... in turn; a resumed run must start with the stream that
-                # held batch `start_step`, so worker w plays logical stream (w + start_step) % W.
-                logical = (wid + start_step) % workers
-                skip = max(0, -(-(start_step - logical) // workers))
-                path = None
-                if report_path is not None and rank == 0:
-                    stem, ext = os.path.splitext(report_path)
-                    path = f"{stem}-w{logical}{ext}"
-                slot, slots = rank * workers + logical, world_size * workers
-                return _slot_batches(cfg, slot, slots, seed, skip, _new_report(None), path)
-
-        loader = torch.utils.data.DataLoader(_Slots(), batch_size=None, num_workers=workers, prefetch_factor=2)
-        return iter(loader)
-
-    return make_batches
-
-
-def _new_report(reports: list | None):
-    from train.data_finetune import ItemReport
-
-    report = ItemReport()
-    if reports is not None:
-        reports.append(report)
-    return report
-
-
-def _slot_batches(
-    cfg: FinetuneConfig, slot: int, slots: int, seed: int, skip: int, report, report_path: str | None
-) -> Iterator[dict[str, torch.Tensor]]:
-    """One logical stream's batches (as torch tensors), its first `skip` batches replayed and dropped: the stream
-    is deterministic, so a resumed run continues the same data order."""
-    from train.data_finetune import iter_batches, iter_items
-
-    spec, pose, dense = data_params(cfg)
-    backgrounds = load_backgrounds(cfg.data.background_patterns(), cfg.data.max_backgrounds)
-    items = iter_items(
-        cfg.data.shard_patterns(), spec, pose, dense, seed=seed, rank=slot, world_size=slots, report=report,
-        policy=cfg.data.bad_samples, shuffle_buffer=cfg.data.shuffle_buffer, backgrounds=backgrounds,
-    )  # fmt: skip
-    for index, batch in enumerate(iter_batches(items, cfg.batch_size)):
-        if index < skip:
-            continue
-        if report_path is not None and index % 50 == 0:
-            _write_report(report_path, report)
-        yield {k: torch.from_numpy(v) for k, v in batch.items()}
-
-
-def _write_report(path: str, report) -> None:
-    import json
-
-    bad = [{"shard": b.shard, "key": b.key, "reason": b.reason, "seen": b.seen} for b in report.read.bad]
-    with open(path + ".tmp", "w") as f:
-        json.dump({"summary": report.summary(), "samples": report.samples, "rows": dict(report.items),
-                   "unused_labels": dict(report.unused), "bad_samples": bad}, f, indent=1)  # fmt: skip
-    os.replace(path + ".tmp", path)
 
 
 # ------------------------------------------------------------------------------------------------- the run

@@ -22,7 +22,7 @@ def _load(name: str, *overrides: str):
 
 
 def test_defaults_are_the_papers_and_reach_the_crop_params() -> None:
-    from train.finetune import data_params
+    from train.data_finetune import data_params
     from train.finetune_config import FinetuneConfig
 
     cfg = FinetuneConfig()
@@ -36,7 +36,7 @@ def test_defaults_are_the_papers_and_reach_the_crop_params() -> None:
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs/finetune/pose_sapiens_*.yaml"))))
 def test_sapiens_pose_configs_turn_augmentation_on(path) -> None:
-    from train.finetune import data_params
+    from train.data_finetune import data_params
 
     _, pose, _ = data_params(_load(os.path.basename(path)))
     aug = pose.augment
@@ -45,7 +45,7 @@ def test_sapiens_pose_configs_turn_augmentation_on(path) -> None:
 
 @pytest.mark.parametrize("name", ["pose_tiny.yaml", "multi_tiny.yaml"])
 def test_tiny_configs_turn_it_off_and_overrides_turn_it_back_on(name) -> None:
-    from train.finetune import data_params
+    from train.data_finetune import data_params
 
     _, pose, _ = data_params(_load(name))
     assert pose.augment.half_body.prob == 0.0 and not pose.augment.photometric.enabled
@@ -79,8 +79,7 @@ def test_bad_augmentation_settings_fail_at_start_up(override, message) -> None:
 def test_data_stream_makes_half_body_rows_for_the_models_keypoint_set() -> None:
     """sample_items passes the keypoint set's lower-body mask: with half-body always on and the upper body
     preferred, no row of a standing figure carries an ankle, and every row still carries the shoulders."""
-    from train.data_finetune import ItemReport, sample_items
-    from train.finetune import data_params
+    from train.data_finetune import ItemReport, data_params, sample_items
 
     cfg = _load(
         "pose_tiny.yaml", "pose.half_body.prob=1.0", "pose.half_body.upper_prob=1.0", "pose.scale_range=[1,1]",
