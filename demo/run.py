@@ -266,9 +266,10 @@ def run_demo(out: Path, profile: Profile = "full", labelstudio: bool = True) -> 
     print(f"\nreport: {report}\nsummary: {out / 'summary.json'}", flush=True)
     for task, row in summary.items():
         better = "higher" if row["higher_is_better"] else "lower"
+        baseline = "n/a" if row["baseline"] is None else f"{row['baseline']:.4f}"
         print(
             f"  {task:<7} {row['metric']:<8} ({better} is better)  pretrained {row['pretrained']:.4f}  "
-            f"random init {row['random_init']:.4f}  baseline {row['baseline']:.4f}"
+            f"random init {row['random_init']:.4f}  baseline {baseline}"
         )
     return summary
 

@@ -21,6 +21,7 @@ def build_summary(paths: Any, baselines: dict[str, dict[str, Any]]) -> dict[str,
             "higher_is_better": higher,
             "pretrained": runs["pretrained"],
             "random_init": runs["random"],
-            "baseline": float(baselines[task][metric]),
+            # demo.baselines has one trivial baseline per task it knows; a task without one shows none
+            "baseline": float(baselines[task][metric]) if task in baselines else None,
         }
     return summary

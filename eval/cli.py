@@ -27,28 +27,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev = subparsers.add_parser("eval", help="metrics from files or a checkpoint; HTML reports")
     ev_sub = ev.add_subparsers(dest="eval_command", metavar="ACTION", required=True)
 
-    pose = ev_sub.add_parser("pose", help="COCO keypoint AP/AR with the Goliath OKS sigmas, per group")
-    pose.add_argument("--gt", help="COCO keypoint ground truth JSON")
-    pose.add_argument("--pred", help="COCO keypoint results JSON")
-    pose.add_argument("--keypoints", default=None, help="keypoint subset (default: inferred from the GT file)")
-    _add_model_mode(pose)
-    pose.set_defaults(func=_eval_task, eval_task="pose")
+    from eval.tasks import EVAL_TASKS
 
-    seg = ev_sub.add_parser("seg", help="mIoU / mAcc / aAcc over PNG class maps matched by name")
-    _add_dirs(seg)
-    seg.add_argument("--vocab", choices=("goliath28", "lip20"), default="goliath28")
-    _add_model_mode(seg)
-    seg.set_defaults(func=_eval_task, eval_task="seg")
-
-    depth = ev_sub.add_parser("depth", help="scale-and-shift aligned depth metrics over 16-bit mm PNGs")
-    _add_dirs(depth)
-    _add_model_mode(depth)
-    depth.set_defaults(func=_eval_task, eval_task="depth")
-
-    normal = ev_sub.add_parser("normal", help="angular error of 16-bit RGB normal PNGs")
-    _add_dirs(normal)
-    _add_model_mode(normal)
-    normal.set_defaults(func=_eval_task, eval_task="normal")
+    for name, row in EVAL_TASKS.items():
+        task = ev_sub.add_parser(name, help=row.help)
+        task.add_argument("--gt", help=row.gt_help)
+        task.add_argument("--pred", help=row.pred_help)
+        for option in row.file_options:
+            flag, kwargs = _FILE_OPTIONS[option]
+            task.add_argument(flag, **kwargs)
+        _add_model_mode(task)
+        task.set_defaults(func=_eval_task, eval_task=name)
 
     report = ev_sub.add_parser("report", help="a self-contained HTML page from runs and metric files")
     report.add_argument("inputs", nargs="+", metavar="RUN_OR_METRICS", help="run folders, metrics.json(l) files")
@@ -102,9 +91,11 @@ class _IntermixedParser(argparse.ArgumentParser):
             self._inside = False
 
 
-def _add_dirs(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--gt", help="folder of ground-truth PNGs")
-    p.add_argument("--pred", help="folder of predicted PNGs with the same file names")
+# Options of a task's file metric (`EvalTaskDef.file_options`), passed to it after --gt and --pred.
+_FILE_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "keypoints": ("--keypoints", {"default": None, "help": "keypoint subset (default: inferred from the GT file)"}),
+    "vocab": ("--vocab", {"choices": ("goliath28", "lip20"), "default": "goliath28"}),
+}
 
 
 def _add_model_mode(p: argparse.ArgumentParser) -> None:

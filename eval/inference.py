@@ -62,10 +62,7 @@ class ModelRunner:
             raise ValueError(
                 f"the model has no dense head among {list(DENSE_TASKS)} (its tasks: {', '.join(self.tasks)})"
             )
-        return [
-            {t: getattr(p, t) for t in wanted if getattr(p, t) is not None}
-            for p in self.predictor.dense(list(images), wanted)
-        ]
+        return [{t: p.maps[t] for t in wanted if t in p.maps} for p in self.predictor.dense(list(images), wanted)]
 
 
 def map_keypoints(keypoints: np.ndarray, from_set: str, to_set: str) -> np.ndarray:

@@ -29,7 +29,10 @@ class EvalTaskDef:
     higher_is_better: bool
     file_metric: str  # "module:function" taking (gt, pred, *options) paths; imported when used
     scorer: str  # "module:class" scoring a checkpoint's predictions sample by sample
+    help: str  # `hv eval TASK`'s one line in --help
     file_options: tuple[str, ...] = ()  # `hv eval TASK` options passed to the file metric after gt and pred
+    gt_help: str = "folder of ground-truth PNGs"
+    pred_help: str = "folder of predicted PNGs with the same file names"
 
     def metric_function(self) -> Callable[..., dict[str, Any]]:
         return _resolve(self.file_metric)
@@ -43,18 +46,24 @@ def _resolve(ref: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+_SCORERS = "eval.model_eval"
 EVAL_TASKS: dict[Task, EvalTaskDef] = {
     "pose": EvalTaskDef(
-        "pose", "AP", True, "eval.metrics.pose:pose_metrics_from_files", "eval.model_eval:PoseScorer", ("keypoints",)
+        "pose", "AP", True, "eval.metrics.pose:pose_metrics_from_files", f"{_SCORERS}:PoseScorer",
+        "COCO keypoint AP/AR with the Goliath OKS sigmas, per group", ("keypoints",),
+        gt_help="COCO keypoint ground truth JSON", pred_help="COCO keypoint results JSON",
     ),
     "seg": EvalTaskDef(
-        "seg", "mIoU", True, "eval.metrics.seg:seg_metrics_from_files", "eval.model_eval:SegScorer", ("vocab",)
+        "seg", "mIoU", True, "eval.metrics.seg:seg_metrics_from_files", f"{_SCORERS}:SegScorer",
+        "mIoU / mAcc / aAcc over PNG class maps matched by name", ("vocab",),
     ),
     "depth": EvalTaskDef(
-        "depth", "rmse", False, "eval.metrics.depth:depth_metrics_from_files", "eval.model_eval:DepthScorer"
+        "depth", "rmse", False, "eval.metrics.depth:depth_metrics_from_files", f"{_SCORERS}:DepthScorer",
+        "scale-and-shift aligned depth metrics over 16-bit mm PNGs",
     ),
     "normal": EvalTaskDef(
-        "normal", "mean", False, "eval.metrics.normal:normal_metrics_from_files", "eval.model_eval:NormalScorer"
+        "normal", "mean", False, "eval.metrics.normal:normal_metrics_from_files", f"{_SCORERS}:NormalScorer",
+        "angular error of 16-bit RGB normal PNGs",
     ),
-}
+}  # fmt: skip
 assert tuple(EVAL_TASKS) == TASK_NAMES, "every task of train.models.tasks needs its eval row"

@@ -22,13 +22,8 @@ from train.models.tasks import TASK_NAMES, LossInputs, Task
 from train.transforms.dense import DenseAugConfig
 from train.transforms.pose import TopDownAugment
 
-
-class TaskMode(str, Enum):
-    pose = "pose"
-    seg = "seg"
-    depth = "depth"
-    normal = "normal"
-    multi = "multi"  # every task in `tasks`, one backbone
+# One value per task of TASKS, and `multi`: every task in `tasks`, on one backbone.
+TaskMode = Enum("TaskMode", {**{t: t for t in TASK_NAMES}, "multi": "multi"}, type=str)  # type: ignore[misc]
 
 
 class Vocabulary(str, Enum):
@@ -95,7 +90,7 @@ class LossWeight:
 
 @dataclass
 class FinetuneConfig(TrainConfig):
-    task: TaskMode = TaskMode.pose
+    task: TaskMode = TaskMode.pose  # type: ignore[valid-type]
     tasks: list[str] = field(default_factory=lambda: list(TASK_NAMES))  # used when task = multi (TASKS names)
     init: str | None = None  # a pretrain/fine-tune run folder or a .safetensors file; None: random backbone
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -127,7 +122,8 @@ class FinetuneConfig(TrainConfig):
         )  # fmt: skip
 
     def loss_weight(self, task: Task) -> float:
-        return float(getattr(self, task).loss_weight)
+        """The task section's `loss_weight`; 1 for a task without a section of its own."""
+        return float(getattr(getattr(self, task, None), "loss_weight", 1.0))
 
     def loss_inputs(self, class_weight=None) -> LossInputs:
         ohkm = self.pose.ohkm_topk if self.pose.loss == PoseLoss.ohkm else None

@@ -20,7 +20,7 @@ over the person): align it to metric depth with a least-squares scale and shift 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -47,16 +47,19 @@ class PosePrediction:
 
 @dataclass
 class DensePrediction:
-    """One image's dense maps at its own (H, W); a task the model lacks (or was not asked for) is None.
+    """One image's dense maps at its own (H, W), by name (`TaskDef.to_image`); a task the model lacks (or was not
+    asked for) has none. The four tasks' maps:
 
     seg: (H, W) uint8 class ids; seg_probs: (H, W) float32 probability of the chosen class;
     depth: (H, W) float32 relative depth; normal: (H, W, 3) float32 unit camera-space normals (OpenCV axes).
     """
 
-    seg: np.ndarray | None = None
-    seg_probs: np.ndarray | None = None
-    depth: np.ndarray | None = None
-    normal: np.ndarray | None = None
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> np.ndarray | None:
+        if name.startswith("_") or name == "maps":
+            raise AttributeError(name)
+        return self.maps.get(name)
 
 
 class Predictor:
@@ -214,22 +217,13 @@ class Predictor:
         # grid_sample with align_corners=False reads normalised coordinates, the same at every map resolution.
         grid = torch.from_numpy(np.stack([2 * q[..., 0] / in_w - 1, 2 * q[..., 1] / in_h - 1], -1)).float()
         grid = grid[None].to(self.device)
+        # The fit affine neither turns nor mirrors, but undo its vector rotation anyway for safety.
+        turn = invert_affine(matrix)[:, :2]
+        turn = turn / np.sqrt(abs(np.linalg.det(turn)))
         pred = DensePrediction()
-        if "seg" in outputs:
-            probs = F.grid_sample(outputs["seg"][j : j + 1], grid, mode="bilinear", align_corners=False)[0]
-            best, ids = probs.max(0)
-            pred.seg, pred.seg_probs = ids.to(torch.uint8).cpu().numpy(), best.cpu().numpy()
-        if "depth" in outputs:
-            depth = F.grid_sample(outputs["depth"][j : j + 1], grid, mode="bilinear", align_corners=False)
-            pred.depth = depth[0, 0].cpu().numpy()
-        if "normal" in outputs:
-            normal = F.grid_sample(outputs["normal"][j : j + 1], grid, mode="bilinear", align_corners=False)
-            normal = F.normalize(normal[0], dim=0).permute(1, 2, 0).cpu().numpy()
-            # The fit affine neither turns nor mirrors, but undo its vector rotation anyway for safety.
-            turn = invert_affine(matrix)[:, :2]
-            turn = turn / np.sqrt(abs(np.linalg.det(turn)))
-            normal[..., :2] = normal[..., :2] @ turn.T.astype(np.float32)
-            pred.normal = normal.astype(np.float32)
+        for task, output in outputs.items():
+            resampled = F.grid_sample(output[j : j + 1], grid, mode="bilinear", align_corners=False)[0]
+            pred.maps |= TASKS[task].to_image(resampled, turn)  # type: ignore[index,misc]
         return pred
 
 

@@ -110,6 +110,10 @@ def test_seg_overfits_and_predicts_flip_consistently(tmp_path, shards, samples) 
     _, rows = train("seg", str(tmp_path / "run"), shards, 100)
     assert loss_drop(rows) >= 5, loss_drop(rows)
     predictor = Predictor(str(tmp_path / "run" / "model.safetensors"))
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "run" / "model.safetensors"), framework="pt") as f:
+        assert '"tasks": ["seg"]' in f.metadata()["model_spec"]  # the run's export carries its ModelSpec
     lut = schema.vocabulary("goliath28").flip_lut()
     images = [s.image for s in samples]
     plain = predictor.dense(images)

@@ -74,6 +74,9 @@ class TaskDef:
     # the view lacks its label; top-down targets come from the crop itself (`train.transforms.pose.topdown_item`)
     view_targets: Callable[[Any], dict[str, np.ndarray] | None] | None = None
     combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = lambda a, b: 0.5 * (a + b)
+    # dense prediction: the activated output resampled at an image's pixel centres (C, H, W) and the 2x2 rotation
+    # from the model's view back to the image -> named maps at the image's size (`DensePrediction.maps`)
+    to_image: Callable[[torch.Tensor, np.ndarray], dict[str, np.ndarray]] | None = None
 
 
 def _pose_loss(pred: torch.Tensor, batch: dict[str, torch.Tensor], inputs: LossInputs) -> torch.Tensor:
@@ -149,6 +152,22 @@ def _normal_targets(view: Any) -> dict[str, np.ndarray] | None:
     return {"normal": np.ascontiguousarray(view.normal.transpose(2, 0, 1)), "normal_mask": view.normal_mask}
 
 
+def _class_map(probs: torch.Tensor, turn: np.ndarray) -> dict[str, np.ndarray]:
+    best, ids = probs.max(0)
+    return {"seg": ids.cpu().numpy().astype(np.uint8), "seg_probs": best.cpu().numpy()}
+
+
+def _depth_map(depth: torch.Tensor, turn: np.ndarray) -> dict[str, np.ndarray]:
+    return {"depth": depth[0].cpu().numpy()}
+
+
+def _normal_map(normal: torch.Tensor, turn: np.ndarray) -> dict[str, np.ndarray]:
+    """Unit normals (H, W, 3), their (x, y) turned back by the view's rotation (the fit view has none)."""
+    out = _unit(normal[None])[0].permute(1, 2, 0).cpu().numpy()
+    out[..., :2] = out[..., :2] @ turn.T.astype(np.float32)
+    return {"normal": out.astype(np.float32)}
+
+
 def _keypoints(spec: ModelSpec) -> int:
     from data_engine import schema
 
@@ -170,17 +189,18 @@ TASKS: dict[Task, TaskDef] = {
     "seg": TaskDef(
         name="seg", rows="dense", head=HeadSpec(3, 3, 768), targets=("seg",),
         out_channels=_classes, loss=_seg_loss, activate=_softmax, unflip=_unflip_channels,
-        description="class logits at 1/2 the input", view_targets=_seg_targets,
+        description="class logits at 1/2 the input", view_targets=_seg_targets, to_image=_class_map,
     ),
     "depth": TaskDef(
         name="depth", rows="dense", head=HeadSpec(4, 2, 384, positive=True), targets=("depth", "depth_mask"),
         out_channels=lambda spec: 1, loss=_depth_loss, activate=_identity, unflip=_unflip_channels,
-        description="positive relative depth at the input's size", view_targets=_depth_targets,
+        description="positive relative depth at the input's size", view_targets=_depth_targets, to_image=_depth_map,
     ),
     "normal": TaskDef(
         name="normal", rows="dense", head=HeadSpec(3, 3, 768), targets=("normal", "normal_mask"),
         out_channels=lambda spec: 3, loss=_normal_loss, activate=_unit, unflip=_unflip_vectors, combine=_mean_direction,
         description="camera-space normal vectors at 1/2 the input", view_targets=_normal_targets,
+        to_image=_normal_map,
     ),
 }  # fmt: skip
 TASK_NAMES: tuple[Task, ...] = tuple(TASKS)
