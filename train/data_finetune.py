@@ -100,7 +100,7 @@ def sample_items(
     items: list[Item] = []
     if "pose" in spec.tasks and sample.pose is not None:
         items += _pose_items(sample, spec, pose_params, rng, report)
-    dense_tasks = [t for t in DENSE_TASKS if t in spec.tasks and getattr(sample, t) is not None]
+    dense_tasks = [t for t in DENSE_TASKS if t in spec.tasks and getattr(sample, TASKS[t].member) is not None]
     if "seg" in dense_tasks and sample.seg_vocabulary != spec.seg_vocabulary:
         report.unused[f"seg vocabulary {sample.seg_vocabulary} is not the model's {spec.seg_vocabulary}"] += 1
         dense_tasks.remove("seg")

@@ -59,6 +59,7 @@ class LossInputs:
 @dataclass(frozen=True)
 class TaskDef:
     name: Task
+    member: str  # the `data_engine.sample.Sample` attribute carrying its label (pose.json, seg.png, ...)
     rows: RowKind  # topdown: one crop per labelled person; dense: one whole-image view per sample
     head: HeadSpec
     targets: tuple[str, ...]  # batch arrays the loss reads (the first one marks a row that carries the task)
@@ -182,22 +183,23 @@ def _classes(spec: ModelSpec) -> int:
 
 TASKS: dict[Task, TaskDef] = {
     "pose": TaskDef(
-        name="pose", rows="topdown", head=HeadSpec(2, 2, 768), targets=("pose_heatmaps", "pose_weights"),
+        name="pose", member="pose", rows="topdown", head=HeadSpec(2, 2, 768), targets=("pose_heatmaps", "pose_weights"),
         out_channels=_keypoints, loss=_pose_loss, activate=_identity, unflip=_unflip_channels,
         description="K keypoint heatmaps at 1/4 the input",
     ),
     "seg": TaskDef(
-        name="seg", rows="dense", head=HeadSpec(3, 3, 768), targets=("seg",),
+        name="seg", member="seg", rows="dense", head=HeadSpec(3, 3, 768), targets=("seg",),
         out_channels=_classes, loss=_seg_loss, activate=_softmax, unflip=_unflip_channels,
         description="class logits at 1/2 the input", view_targets=_seg_targets, to_image=_class_map,
     ),
     "depth": TaskDef(
-        name="depth", rows="dense", head=HeadSpec(4, 2, 384, positive=True), targets=("depth", "depth_mask"),
+        name="depth", member="depth", rows="dense", head=HeadSpec(4, 2, 384, positive=True),
+        targets=("depth", "depth_mask"),
         out_channels=lambda spec: 1, loss=_depth_loss, activate=_identity, unflip=_unflip_channels,
         description="positive relative depth at the input's size", view_targets=_depth_targets, to_image=_depth_map,
     ),
     "normal": TaskDef(
-        name="normal", rows="dense", head=HeadSpec(3, 3, 768), targets=("normal", "normal_mask"),
+        name="normal", member="normal", rows="dense", head=HeadSpec(3, 3, 768), targets=("normal", "normal_mask"),
         out_channels=lambda spec: 3, loss=_normal_loss, activate=_unit, unflip=_unflip_vectors, combine=_mean_direction,
         description="camera-space normal vectors at 1/2 the input", view_targets=_normal_targets,
         to_image=_normal_map,
