@@ -10,6 +10,7 @@ and back with no half-pixel drift).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -19,6 +20,29 @@ IMAGE_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGE_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 Interpolation = Literal["linear", "nearest"]
+
+
+@dataclass
+class GeometricAugment:
+    """The random similarity both pose crops and dense views draw: a scale factor (uniform in `scale_range`), a
+    rotation (uniform in +-`rotation_deg`, with probability `rotation_prob`), a centre shift (uniform in
+    +-`shift` of a unit the caller chooses) and a horizontal flip (with probability `flip_prob`)."""
+
+    scale_range: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    rotation_deg: float = 0.0
+    rotation_prob: float = 0.0
+    shift: float = 0.0
+    flip_prob: float = 0.0
+
+    def draw(self, rng: np.random.Generator) -> tuple[float, float, np.ndarray, bool]:
+        """(scale factor, rotation in degrees, shift (2,) in units of `shift`'s reference, flip), always drawing
+        the same numbers from `rng` in the same order (the data streams stay reproducible)."""
+        scale = float(rng.uniform(*self.scale_range))
+        rotation = 0.0
+        if rng.random() < self.rotation_prob:
+            rotation = float(rng.uniform(-self.rotation_deg, self.rotation_deg))
+        shift = rng.uniform(-self.shift, self.shift, size=2)
+        return scale, rotation, shift, bool(rng.random() < self.flip_prob)
 
 
 def normalize_image(image: np.ndarray) -> np.ndarray:

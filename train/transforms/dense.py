@@ -20,11 +20,11 @@ import numpy as np
 
 from data_engine import schema
 from data_engine.sample import Sample
-from train.transforms import is_flipped, similarity, vector_rotation, warp
+from train.transforms import GeometricAugment, is_flipped, similarity, vector_rotation, warp
 
 
 @dataclass
-class DenseAugConfig:
+class DenseAugConfig(GeometricAugment):
     """Augmentation of whole-image views (a fine-tuning config's `augment:` section). Ranges are uniform."""
 
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])  # times the fit scale; > 1 zooms in
@@ -76,12 +76,8 @@ def dense_matrix(height: int, width: int, params: DenseParams, rng: np.random.Ge
     center = np.array([width / 2.0, height / 2.0])
     scale, rotation, flip = 1.0, 0.0, False
     if rng is not None:
-        aug = params.augment
-        scale = float(rng.uniform(*aug.scale_range))
-        if rng.random() < aug.rotation_prob:
-            rotation = float(rng.uniform(-aug.rotation_deg, aug.rotation_deg))
-        center = center + rng.uniform(-aug.shift, aug.shift, size=2) * np.array([out_w, out_h]) / (fit * scale)
-        flip = bool(rng.random() < aug.flip_prob)
+        scale, rotation, shift, flip = params.augment.draw(rng)
+        center = center + shift * np.array([out_w, out_h]) / (fit * scale)  # a fraction of the output size
     return similarity(center, fit * scale, rotation, params.input_size, flip=flip)
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from train.transforms import apply_affine, invert_affine, similarity, warp
+from train.transforms import GeometricAugment, apply_affine, invert_affine, similarity, warp
 from train.transforms.photometric import PhotometricConfig, photometric_augment
 
 
@@ -36,7 +36,7 @@ class HalfBodyConfig:
 
 
 @dataclass
-class TopDownAugment:
+class TopDownAugment(GeometricAugment):
     """Crop, target and augmentation settings of top-down pose: a fine-tuning config's `pose:` section extends
     this type. Augmentation (training only): scale factor range, rotation (uniform in +-deg, applied with
     probability), box-centre shift as a fraction of the box size, horizontal flip probability, half-body crops
@@ -149,12 +149,8 @@ def crop_matrix(
     center, size = box if box is not None else box_center_size(bbox, out_w / out_h, params.augment.bbox_padding)
     scale_factor, rotation, flip = 1.0, 0.0, False
     if rng is not None:
-        aug = params.augment
-        scale_factor = float(rng.uniform(*aug.scale_range))
-        if rng.random() < aug.rotation_prob:
-            rotation = float(rng.uniform(-aug.rotation_deg, aug.rotation_deg))
-        center = center + rng.uniform(-aug.shift, aug.shift, size=2) * size
-        flip = bool(rng.random() < aug.flip_prob)
+        scale_factor, rotation, shift, flip = params.augment.draw(rng)
+        center = center + shift * size  # a fraction of the box
     scale = out_w / (size[0] * scale_factor)
     return similarity(center, scale, rotation, params.input_size, flip=flip), flip
 
