@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from data_engine.shards import BadSamplePolicy
 from train.config import ConfigError, OptimConfig, Schedule, TrainConfig, load_config
@@ -39,6 +40,10 @@ class ModelConfig:
     head_channels: int | None = None  # None: the Sapiens widths (768; 384 for depth)
     drop_path: float = 0.0
     grad_checkpointing: bool = False
+    # Arch details beyond the name, and non-default head layouts: what a converted checkpoint's ModelSpec holds
+    # (`backbone_options`, `head_options`); set from `--init` when it names such a checkpoint.
+    backbone_options: dict[str, Any] = field(default_factory=dict)
+    head_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -119,6 +124,8 @@ class FinetuneConfig(TrainConfig):
             tasks=self.active_tasks, depth=self.model.depth, head_channels=self.model.head_channels,
             keypoint_set=self.pose.keypoint_set, vocabulary=self.seg.vocabulary.value,
             pose_sigma=self.pose.sigma, bbox_padding=self.pose.bbox_padding,
+            backbone_options=dict(self.model.backbone_options),
+            head_options={t: dict(o) for t, o in self.model.head_options.items() if t in self.active_tasks},
         )  # fmt: skip
 
     def loss_weight(self, task: Task) -> float:

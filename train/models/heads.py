@@ -9,6 +9,8 @@ configs shrink them) is its `TaskDef.head` in `train.models.tasks`. Heads see on
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -54,9 +56,22 @@ class PositiveHead(UpsampleHead):
         return F.softplus(super().forward(features))
 
 
-def build_head(task: Task, in_channels: int, out_channels: int, channels: int | None = None) -> UpsampleHead:
-    """The head for `task` (its `TaskDef.head` in `train.models.tasks`) on a backbone of width `in_channels`;
-    `channels` overrides the spec's width."""
+def _default_head(task: Task, in_channels: int, out_channels: int, channels: int | None) -> nn.Module:
     spec: HeadSpec = task_def(task).head
     cls = PositiveHead if spec.positive else UpsampleHead
     return cls(in_channels, out_channels, spec.num_deconv, spec.num_conv, channels or spec.channels)
+
+
+# style -> builder(task, in_channels, out_channels, channels, **options): other head families (converted
+# checkpoints' heads) register here; a ModelSpec's `head_options[task]["style"]` picks one.
+HEAD_STYLES: dict[str, Callable[..., nn.Module]] = {"humanvision": _default_head}
+
+
+def build_head(
+    task: Task, in_channels: int, out_channels: int, channels: int | None = None, style: str = "humanvision", **options
+) -> nn.Module:
+    """The head for `task` on a backbone of width `in_channels`. The default style is this package's head (its
+    `TaskDef.head` in `train.models.tasks`, `channels` overriding the width); other styles take their options."""
+    if style not in HEAD_STYLES:
+        raise ValueError(f"head style {style!r} is not one of {', '.join(HEAD_STYLES)}")
+    return HEAD_STYLES[style](task, in_channels, out_channels, channels, **options)

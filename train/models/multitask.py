@@ -47,13 +47,15 @@ class FinetuneModel(nn.Module):
 
 def build_model(spec: ModelSpec, drop_path: float = 0.0, grad_checkpointing: bool = False) -> FinetuneModel:
     """The model a spec describes, randomly initialised; `drop_path` and `grad_checkpointing` are training-only."""
-    from train.models.vit import build_vit
+    from train.models.backbones import build_backbone
 
-    overrides = {"depth": spec.depth} if spec.depth else {}
-    backbone = build_vit(
-        spec.arch, img_size=spec.image_size, drop_path=drop_path, grad_checkpointing=grad_checkpointing, **overrides
+    backbone = build_backbone(
+        spec.arch, spec.image_size, spec.depth, drop_path, grad_checkpointing, **spec.backbone_options
     )
     heads = {
-        task: build_head(task, backbone.embed_dim, spec.out_channels(task), spec.head_channels) for task in spec.tasks
+        task: build_head(
+            task, backbone.embed_dim, spec.out_channels(task), spec.head_channels, **spec.head_options.get(task, {})
+        )
+        for task in spec.tasks
     }
     return FinetuneModel(backbone, heads)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from train.models.tasks import TASK_NAMES, Task
@@ -35,17 +35,26 @@ class ModelSpec:
     vocabulary: str = "goliath28"  # seg: the class vocabulary, in the logits' channel order
     pose_sigma: float = 2.0  # heatmap Gaussian sigma (heatmap pixels) it was trained with: sets the decoding blur
     bbox_padding: float = 1.25  # a person box grows by this factor before its crop (as in training)
+    # Arch details a checkpoint implies beyond the arch name (e.g. the ViT's `patch_padding`: 2 in Sapiens' pose
+    # models), passed to `train.models.backbones.build_backbone`.
+    backbone_options: dict[str, Any] = field(default_factory=dict)
+    # Per task, the head's layout when it is not this package's default (`train.models.heads.build_head`
+    # options, e.g. {"style": "sapiens_v1", ...} for a converted Sapiens head).
+    head_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from data_engine import schema
-        from train.models.vit import ARCHS
+        from train.models.backbones import arch_names
 
-        if self.arch not in ARCHS:
-            raise SpecError(f"model.arch {self.arch!r} is not one of {', '.join(ARCHS)}")
+        if self.arch not in arch_names():
+            raise SpecError(f"model.arch {self.arch!r} is not one of {', '.join(arch_names())}")
         size = tuple(int(v) for v in self.image_size)
         if len(size) != 2 or any(v <= 0 or v % 16 for v in size):
             raise SpecError(f"model.image_size {list(self.image_size)} must be [H, W], each a positive multiple of 16")
         object.__setattr__(self, "image_size", size)
+        unknown_heads = sorted(set(self.head_options) - set(self.tasks))
+        if unknown_heads:
+            raise SpecError(f"model head_options name tasks the model does not have: {unknown_heads}")
         unknown = [t for t in self.tasks if t not in TASK_NAMES]
         if unknown or not self.tasks:
             raise SpecError(f"tasks {list(self.tasks)}: each must be one of {', '.join(TASK_NAMES)}")
@@ -103,6 +112,8 @@ class ModelSpec:
             vocabulary=str(getattr(seg.get("vocabulary"), "value", seg.get("vocabulary")) or "goliath28"),
             pose_sigma=float(pose.get("sigma", 2.0)),
             bbox_padding=float(pose.get("bbox_padding", 1.25)),
+            backbone_options=dict(model.get("backbone_options") or {}),
+            head_options={k: dict(v) for k, v in (model.get("head_options") or {}).items()},
         )
 
     def out_channels(self, task: Task) -> int:
