@@ -1,4 +1,7 @@
-"""A free TCP port for a rendezvous (standard library only, so the launcher need not import torch)."""
+"""A free TCP port for a rendezvous, for the launcher (`train.launch`) and a world of one (`train.distributed`).
+
+Standard library only, so that building a launch command imports no torch.
+"""
 
 from __future__ import annotations
 
