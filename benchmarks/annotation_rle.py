@@ -9,13 +9,17 @@ holds), plus a noisy mask (a worst case for run-length coding). Prints seconds a
 
 from __future__ import annotations
 
-import time
+import os
+import sys
 
 import numpy as np
 from label_studio_sdk.converter.brush import decode_rle as sdk_decode
 from label_studio_sdk.converter.brush import mask2rle as sdk_encode
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
 from annotation.rle import decode_rle, encode_mask
+from benchmarks.timing import best_of
 
 
 def body_part_masks(height: int = 768, width: int = 1024, classes: int = 28) -> list[np.ndarray]:
@@ -27,15 +31,6 @@ def body_part_masks(height: int = 768, width: int = 1024, classes: int = 28) -> 
         yy, xx = np.ogrid[:height, :width]
         seg[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1] = class_id
     return [seg == c for c in range(classes)]
-
-
-def best_of(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def compare(name: str, masks: list[np.ndarray]) -> None:

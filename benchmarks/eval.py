@@ -16,25 +16,16 @@ import contextlib
 import io
 import os
 import sys
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from benchmarks.timing import best_of
 from data_engine import schema
 from eval.metrics.depth import align_scale_shift
 from eval.metrics.pose import coco_keypoint_stats, pose_metrics
 from eval.metrics.seg import confusion_matrix
-
-
-def best_of(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def seg_masks_baseline(pairs, classes: int) -> np.ndarray:

@@ -15,7 +15,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
 import numpy as np
 import torch
@@ -27,15 +26,7 @@ ROOT = os.path.dirname(HERE)
 sys.path[:] = [ROOT, os.path.join(ROOT, "tests", "finetune")] + [p for p in sys.path if os.path.abspath(p) != HERE]
 os.chdir(ROOT)
 
-
-def best_of(fn, repeats: int) -> float:
-    """Minimum wall time of `repeats` calls (the least disturbed by other work on a shared machine)."""
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+from benchmarks.timing import best_of  # noqa: E402  (once the repository root is on the path)
 
 
 def bench_multitask(size: tuple[int, int], repeats: int) -> None:

@@ -46,7 +46,8 @@ def textured_mesh(target_faces: int = 100_000, texture: int = 2048):
 def bench_size(width: int, height: int, reps: int) -> dict:
     from data_engine.sample import Sample, encode
     from synth.camera import PinholeCamera, intrinsics, look_at
-    from synth.render import LightSpec, Renderer, SubjectGeometry
+    from synth.geometry import LightSpec, SubjectGeometry
+    from synth.render import Renderer
     from synth.views import _aim
 
     mesh = textured_mesh()

@@ -33,6 +33,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch
 
+from benchmarks.timing import median_of
 from train.models.mae import MAE, DecoderConfig, mae_flops
 from train.models.vit import ARCHS, arch_config, build_vit
 
@@ -47,17 +48,6 @@ class Bench:
     batch: int = 16
     rounds: int = 15
     per_round: int = 3
-
-
-def timed(step: Step, n: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def bench_mae(b: Bench) -> MAE:
@@ -217,7 +207,7 @@ def mae_vs_vit(n: int = 10) -> None:
     def vit_step():
         vit.forward_features(images).square().mean().backward()
 
-    a, b = timed(mae_step, n), timed(vit_step, n)
+    a, b = median_of(mae_step, n), median_of(vit_step, n)
     print(f"MAE step {a * 1e3:.1f} ms vs full-ViT step {b * 1e3:.1f} ms: ratio {a / b:.2f} (tiny, 64x64, 16 tokens)")
 
 
@@ -263,7 +253,7 @@ def gpu_throughput(steps: int = 10) -> None:
         loss.backward()
         opt.step()
 
-    t = timed(lambda: (step(), torch.cuda.synchronize()), steps)
+    t = median_of(lambda: (step(), torch.cuda.synchronize()), steps)
     ips = batch / t
     name = torch.cuda.get_device_name()
     peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)

@@ -78,7 +78,7 @@ def analysis_dataset(uris: list[str], cfg: CurateConfig):
         **pool,
     )
     if detect:
-        from data_engine.detect import PersonDetectorStage
+        from data_engine.detect_stage import PersonDetectorStage
 
         d = cfg.detector
         ds = ds.map_batches(

@@ -1,4 +1,4 @@
-"""Person detectors behind one interface, and the Ray actor that runs them on batches.
+"""Person detectors behind one interface: reusable by curation, `hv predict` and benchmarks.
 
     detector = build_detector(cfg.detector)          # HogDetector | OnnxYoloDetector
     boxes = detector.detect([rgb, ...])              # per image: [(x0, y0, x1, y1, score), ...] in its pixels
@@ -13,8 +13,8 @@ Backends:
   as centre x, centre y, width, height in input pixels. Class `detector.person_class` is the person. Boxes are
   filtered by score, suppressed by IoU (greedy NMS at `detector.nms_iou`) and mapped back to image pixels.
 
-`PersonDetectorStage` is the Ray Data actor class: it builds one detector in `__init__` and turns a batch of
-analysis rows with pixels into rows with `persons`, `num_persons`, `person_score`, `person_height`.
+This module imports only numpy and the detector config at module level (OpenCV / onnxruntime when a detector is
+built); the Ray Data stage that runs a detector over curation batches is `data_engine.detect_stage`.
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ import os
 from typing import Protocol
 
 import numpy as np
-import pyarrow as pa
 
-from data_engine.curate_config import CurateConfig, DetectorConfig, DetectorName, OnnxLayout
+from data_engine.curate_config import DetectorConfig, DetectorName, OnnxLayout
 
 Box = tuple[float, float, float, float, float]  # x0, y0, x1, y1, score
 _LETTERBOX_FILL = 114
@@ -197,37 +196,3 @@ def build_detector(cfg: DetectorConfig) -> PersonDetector:
     if cfg.name == DetectorName.onnx:
         return OnnxYoloDetector(cfg)
     raise DetectorError(f"no detector to build for {cfg.name.value!r}")
-
-
-class PersonDetectorStage:
-    """Ray Data actor: analysis rows with pixels in, rows with persons out (pixels dropped).
-
-    Use with `map_batches(PersonDetectorStage, fn_constructor_kwargs={"cfg": cfg}, batch_size=...,
-    concurrency=..., num_cpus=..., num_gpus=..., batch_format="pyarrow")`.
-    """
-
-    def __init__(self, cfg: CurateConfig) -> None:
-        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, int(cfg.detector.num_cpus))))
-        self.cfg = cfg
-        self.detector = build_detector(cfg.detector)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        from data_engine.analysis import RAY_SCHEMA, apply_persons
-
-        rows = batch.to_pylist()
-        todo = [i for i, row in enumerate(rows) if row.get("pixels") is not None and row.get("reason") is None]
-        images = [
-            np.frombuffer(rows[i]["pixels"], np.uint8).reshape(rows[i]["pixels_h"], rows[i]["pixels_w"], 3)
-            for i in todo
-        ]
-        found = self.detector.detect(images) if images else []
-        for i, boxes in zip(todo, found, strict=True):
-            row = rows[i]
-            scale = row["width"] / row["pixels_w"]  # analysis copy -> original pixels
-            apply_persons(
-                row, [(b[0] * scale, b[1] * scale, b[2] * scale, b[3] * scale, b[4]) for b in boxes], self.cfg
-            )
-        for row in rows:
-            for name in ("pixels", "pixels_h", "pixels_w"):
-                row.pop(name, None)
-        return pa.Table.from_pylist(rows, schema=RAY_SCHEMA)

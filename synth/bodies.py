@@ -29,8 +29,8 @@ from PIL import Image
 
 from data_engine import schema
 from synth.config import BodyConfig
+from synth.geometry import SubjectGeometry
 from synth.poses import BodyPose, sample_pose
-from synth.render import SubjectGeometry
 from synth.subject import Landmarks, Posed, Subject, normalising_transform, subject_seed
 
 # anny is z up and faces -y; the package's world is y up and faces +z: (x, y, z) -> (x, z, -y).

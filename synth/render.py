@@ -21,38 +21,10 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 import numpy as np
-import trimesh
 
 from synth.camera import GL_TO_CV, PinholeCamera
-from synth.config import LightKind
+from synth.geometry import LightSpec, SubjectGeometry
 from synth.gl import pyrender
-
-
-@dataclass(frozen=True)
-class LightSpec:
-    kind: LightKind
-    color: tuple[float, float, float]  # linear RGB in [0, 1]
-    intensity: float  # W/m^2 for directional (pyrender's lux-like unit), candela for point and spot
-    pose: np.ndarray  # (4, 4) light-to-world; lights shine down their local -z
-    cone_deg: float = 30.0  # spot: outer cone half-angle; the inner cone is 70% of it
-
-
-@dataclass
-class SubjectGeometry:
-    """What the renderer draws for one subject, in world coordinates (metres, y up).
-
-    display:     textured or coloured meshes for the RGB pass (trimesh, vertices in world coordinates)
-    positions:   (V, 3) float vertex positions for the geometry pass
-    normals:     (V, 3) float unit vertex normals (smooth shading)
-    faces:       (F, 3) int triangle indices into positions
-    face_labels: (F,) uint8 goliath28 class per triangle, or None when the subject has no part labels
-    """
-
-    display: list[trimesh.Trimesh]
-    positions: np.ndarray
-    normals: np.ndarray
-    faces: np.ndarray
-    face_labels: np.ndarray | None = None
 
 
 @dataclass

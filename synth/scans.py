@@ -24,7 +24,7 @@ import trimesh
 
 from data_engine import schema
 from synth.config import UNIT_TO_METRES, ScanConfig
-from synth.render import SubjectGeometry
+from synth.geometry import SubjectGeometry
 from synth.subject import Landmarks, Posed, Subject, normalising_transform
 
 MESH_EXTENSIONS = (".obj", ".glb", ".gltf", ".ply")

@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 
-from synth.render import SubjectGeometry
+from synth.geometry import SubjectGeometry
 
 SubjectKind = Literal["scan", "body"]
 

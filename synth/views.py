@@ -13,7 +13,7 @@ import numpy as np
 
 from synth.camera import PinholeCamera, intrinsics, look_at
 from synth.config import BackgroundConfig, CameraConfig, LightConfig
-from synth.render import LightSpec
+from synth.geometry import LightSpec
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 

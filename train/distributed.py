@@ -7,15 +7,10 @@ master address in its environment; a plain single-process call becomes a world o
 from __future__ import annotations
 
 import os
-import socket
 
 import torch
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from train.ports import free_port  # stdlib only, so that `train.launch` can use it without importing torch
 
 
 def init_distributed() -> tuple[int, int, int]:

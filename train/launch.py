@@ -48,7 +48,7 @@ def spec_from_args(args: argparse.Namespace) -> LaunchSpec:
 
 def launch_command(module: str, module_args: Sequence[str], spec: LaunchSpec) -> tuple[list[str], dict[str, str]]:
     """The launcher command line and environment for `python -m module module_args` on every rank."""
-    from train.engine import free_port
+    from train.ports import free_port
 
     for name, n in (("--gpus", spec.gpus), ("--cpus", spec.cpus)):
         if n is not None and n < 1:

@@ -28,7 +28,7 @@ def init_world_of_one(device: torch.device) -> None:
     import deepspeed
     import torch.distributed as dist
 
-    from train.engine import free_port
+    from train.ports import free_port
 
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
     os.environ["MASTER_PORT"] = str(free_port())

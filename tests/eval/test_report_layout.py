@@ -104,7 +104,7 @@ def test_report_tables_fit_a_1280_px_page(tmp_path):
 
 
 def test_cells_are_rounded_and_booleans_are_words():
-    from eval.report import _format_value
+    from eval.report_html import _format_value
 
     assert _format_value(float(np.float32(-0.009))) == "-0.0090"
     assert _format_value(True) == "yes" and _format_value(False) == "no"

@@ -9,7 +9,8 @@ from scipy import ndimage
 
 from synth import annotate
 from synth.camera import PinholeCamera, intrinsics, look_at
-from synth.render import LightSpec, Renderer, SubjectGeometry
+from synth.geometry import LightSpec, SubjectGeometry
+from synth.render import Renderer
 from synth.subject import Landmarks
 
 W, H, F = 320, 240, 400.0

@@ -1,2 +1,4 @@
-"""Models: the ViT backbone (`vit.py`), the MAE around it (`mae.py`), shared blocks (`layers.py`), and
-`convert_sapiens.py` for Meta's released weights."""
+"""Models: the ViT backbone (`vit`), the MAE around it (`mae`), shared blocks (`layers`), the task heads (`heads`),
+the tasks table (`tasks`), the fine-tuned multi-task model (`multitask`), what a checkpoint stores about it
+(`spec`: `ModelSpec`), the checkpoint format and weight loading (`weights`), and `convert_sapiens` for Meta's
+released weights."""

@@ -1,0 +1,217 @@
+"""Atomic WebDataset shard writing: `ShardWriter` streams samples into `{prefix}-{000000}.tar` shards.
+
+Each shard is written to a hidden temporary beside its final name and renamed once complete, so a killed job never
+leaves a half shard under a final name; a writer restarted on the same folder deletes stale temporaries and numbers
+its new shards after the existing complete ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tarfile
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from data_engine.sample import Sample, SampleError, encode
+from data_engine.shard_paths import SHARD_NAME_RE, TMP_MARK, is_uri, local_path, split_uri
+
+
+@dataclass
+class ShardInfo:
+    path: str
+    count: int
+    bytes: int
+    keys: list[str] = field(default_factory=list)
+
+
+class ShardWriter:
+    """Write samples into `{prefix}-{000000}.tar` shards, each closed at `max_count` samples or `max_bytes`.
+
+    Each shard is streamed into `.{name}.tmp-{random}` beside its final name and renamed when complete.
+    WebDataset's own ShardWriter is not used because on an exception it closes (and names) the partial
+    shard, and it opens an empty shard before the first sample; `_TarStream` writes the same tar layout.
+
+        with ShardWriter("out/curated", max_count=1000) as writer:
+            shard_path = writer.write(sample)         # a Sample, or a dict of encoded members
+        writer.shards  # -> [ShardInfo(path, count, bytes, keys), ...]
+
+    On an exception inside the `with` block the current temporary is deleted and nothing is renamed.
+    `on_shard` is called with each completed ShardInfo (for per-shard stats or manifests).
+    """
+
+    def __init__(
+        self,
+        prefix: str,
+        max_count: int = 1000,
+        max_bytes: int = 1 << 30,
+        on_shard: Callable[[ShardInfo], None] | None = None,
+        start_index: int | None = None,
+    ) -> None:
+        if max_count < 1 or max_bytes < 1:
+            raise ValueError("max_count and max_bytes must be positive")
+        self.prefix = local_path(prefix)
+        self.max_count = max_count
+        self.max_bytes = max_bytes
+        self.on_shard = on_shard
+        self.shards: list[ShardInfo] = []
+        self._remote = is_uri(self.prefix)
+        self._tar: Any = None
+        self._stream: Any = None
+        self._tmp_path = ""
+        self._current: ShardInfo | None = None
+        if self._remote:
+            self._filesystem, self._inner_prefix = split_uri(self.prefix)
+        else:
+            os.makedirs(os.path.dirname(os.path.abspath(self.prefix)), exist_ok=True)
+        self.index = self._recover() if start_index is None else start_index
+
+    # Restart: remove stale temporaries, continue numbering after the complete shards.
+    def _recover(self) -> int:
+        if self._remote:
+            return self._recover_remote()
+        folder = os.path.dirname(os.path.abspath(self.prefix))
+        base = os.path.basename(self.prefix)
+        last = -1
+        for name in os.listdir(folder):
+            if name.startswith(f".{base}-") and TMP_MARK in name:
+                os.remove(os.path.join(folder, name))
+                continue
+            m = SHARD_NAME_RE.match(name)
+            if m and m.group("prefix") == base:
+                last = max(last, int(m.group("num")))
+        return last + 1
+
+    def _recover_remote(self) -> int:
+        from pyarrow import fs
+
+        folder, base = self._inner_prefix.rsplit("/", 1)
+        last = -1
+        infos = self._filesystem.get_file_info(fs.FileSelector(folder, allow_not_found=True))
+        for info in infos:
+            name = info.base_name
+            if name.startswith(f".{base}-") and TMP_MARK in name:
+                self._filesystem.delete_file(info.path)
+                continue
+            m = SHARD_NAME_RE.match(name)
+            if m and m.group("prefix") == base:
+                last = max(last, int(m.group("num")))
+        return last + 1
+
+    def _final_path(self, index: int) -> str:
+        return f"{self.prefix}-{index:06d}.tar"
+
+    def _open(self) -> None:
+        final = self._final_path(self.index)
+        folder, name = os.path.split(final)
+        self._tmp_path = os.path.join(folder, f".{name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
+        if self._remote:
+            self._stream = self._filesystem.open_output_stream(split_uri(self._tmp_path)[1])
+        else:
+            self._stream = open(self._tmp_path, "wb")  # noqa: SIM115 (closed by _finish or abort)
+        self._tar = _TarStream(self._stream)
+        self._current = ShardInfo(path=final, count=0, bytes=0)
+
+    def write(self, sample: Sample | dict[str, Any]) -> str:
+        """Encode (if a Sample) and append one sample; returns the final path of the shard it lands in.
+
+        A dict of members needs `__key__` (str or bytes) and bytes per member name; `__url__` and other
+        `__` entries are dropped (they describe where a sample was read from, not the sample).
+        """
+        members = encode(sample) if isinstance(sample, Sample) else sample
+        if "__key__" not in members:
+            raise SampleError("members need a __key__")
+        key = members["__key__"]
+        key = key.decode() if isinstance(key, bytes) else str(key)
+        members = {k: v for k, v in members.items() if not k.startswith("__")}
+        members["__key__"] = key
+        if self._tar is None:
+            self._open()
+        assert self._current is not None
+        size = self._tar.write(members)
+        self._current.count += 1
+        self._current.bytes += size
+        self._current.keys.append(key)
+        path = self._current.path
+        if self._current.count >= self.max_count or self._current.bytes >= self.max_bytes:
+            self._finish()
+        return path
+
+    def _finish(self) -> None:
+        if self._tar is None:
+            return
+        assert self._current is not None
+        self._tar.close()  # closes the underlying stream too (and fails here if the last bytes cannot be written)
+        if self._remote:
+            self._filesystem.move(split_uri(self._tmp_path)[1], split_uri(self._current.path)[1])
+        else:
+            with open(self._tmp_path, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(self._tmp_path, self._current.path)
+        self.shards.append(self._current)
+        info, self._current, self._tar, self._stream = self._current, None, None, None
+        self.index += 1
+        if self.on_shard is not None:
+            self.on_shard(info)
+
+    def abort(self) -> None:
+        """Drop the shard being written; complete shards stay."""
+        if self._tar is None:
+            return
+        # The stream may be what failed (disk full): deleting the temporary is all that matters.
+        with contextlib.suppress(Exception):
+            self._tar.close()
+        if self._remote:
+            self._filesystem.delete_file(split_uri(self._tmp_path)[1])
+        elif os.path.exists(self._tmp_path):
+            os.remove(self._tmp_path)
+        self._tar = self._stream = self._current = None
+
+    def close(self) -> list[ShardInfo]:
+        self._finish()
+        return self.shards
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class _TarStream:
+    """WebDataset's tar layout (one regular file `{key}.{member}` per member, samples in order) on tarfile
+    alone. webdataset's own TarWriter would do, but importing webdataset imports torch: 1-2 s that every
+    curation and render job paid when its first shard opened. Fixed mtime and owner, so the same samples
+    give the same bytes."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._tar = tarfile.open(fileobj=stream, mode="w")  # noqa: SIM115 (closed in close())
+
+    def write(self, members: dict[str, Any]) -> int:
+        """Append one sample; returns the bytes it added to the archive (headers and padding included)."""
+        key = members["__key__"]
+        start = self._tar.offset
+        for name, data in members.items():
+            if name.startswith("__"):
+                continue
+            if isinstance(data, str):
+                data = data.encode("utf-8")
+            elif not isinstance(data, (bytes, bytearray, memoryview)):
+                raise SampleError(f"{key}: member {name!r} is {type(data).__name__}, expected bytes")
+            info = tarfile.TarInfo(f"{key}.{name}")
+            info.size, info.mode, info.mtime, info.uname, info.gname = len(data), 0o444, 0, "humanvision", "humanvision"
+            self._tar.addfile(info, io.BytesIO(data))
+        return self._tar.offset - start
+
+    def close(self) -> None:
+        try:
+            self._tar.close()  # the end-of-archive blocks
+        finally:
+            self._stream.close()
