@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import logging
 import sys
 
 # Modules that register subcommands, in the order of `hv --help`. A package without commands yet has no
@@ -45,8 +44,8 @@ def _add_verbosity(parser: argparse.ArgumentParser, top: bool) -> None:
     default = 0 if top else argparse.SUPPRESS
     group = parser.add_argument_group("logging")
     for flags, dest, text in (
-        (("-v", "--verbose"), "verbose", "more log messages (-vv for debug)"),
-        (("-q",), "quiet", "fewer log messages (-qq for errors only)"),
+        (("-v", "--verbose"), "verbose", "more log messages (-v debug, -vv libraries' debug too)"),
+        (("-q",), "quiet", "fewer log messages (-q warnings only, -qq errors only)"),
     ):
         try:
             group.add_argument(*flags, dest=dest, action="count", default=default, help=text)
@@ -76,10 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def configure_logging(verbose: int, quiet: int) -> int:
-    """Root logging to stderr at WARNING, one step per -v (INFO, DEBUG) or -q (ERROR, CRITICAL); returns the level."""
-    level = min(max(logging.WARNING + 10 * (int(quiet) - int(verbose)), logging.DEBUG), logging.CRITICAL)
-    logging.basicConfig(level=level, format="hv: %(name)s: %(message)s", stream=sys.stderr, force=True)
-    return level
+    """Our packages log progress at INFO by default; each -v / -q moves one step (see `data_engine.logs`)."""
+    from data_engine.logs import configure_logging as configure
+
+    return configure(verbose, quiet)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import secrets
@@ -27,6 +28,9 @@ from pathlib import Path
 
 from annotation.errors import AnnotationError
 from data_engine.config import ConfigError
+
+log = logging.getLogger(__name__)
+
 
 TASK_CHOICES = ("pose", "seg", "bbox")
 _OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=")
@@ -147,7 +151,7 @@ def _studio(args: argparse.Namespace, config):
 def _report_skips(action: str, items: list[dict]) -> int:
     for item in items:
         where = f"{item.get('shard')}: " if item.get("shard") else ""
-        print(f"hv annotate {action}: skipped {where}{item.get('key') or '-'}: {item['reason']}", file=sys.stderr)
+        log.warning("hv annotate %s: skipped %s%s: %s", action, where, item.get("key") or "-", item["reason"])
     return 1 if items else 0
 
 
@@ -277,7 +281,7 @@ def _serve(args: argparse.Namespace) -> int:
                 print(f"hv annotate serve: Label Studio exited with code {code}", file=sys.stderr)
                 return 2
             except KeyboardInterrupt:
-                print("\nhv annotate serve: stopping Label Studio ...", file=sys.stderr)
+                log.info("hv annotate serve: stopping Label Studio ...")
                 return 0
             finally:
                 with ignoring_stop_signals():
@@ -323,7 +327,7 @@ def _backend(args: argparse.Namespace) -> int:
             try:
                 serve(BackendApp(model), args.port)
             except KeyboardInterrupt:
-                print("hv annotate backend: stopped", file=sys.stderr)
+                log.info("hv annotate backend: stopped")
         return 0
 
     return _guarded("backend", run)

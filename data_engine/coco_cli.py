@@ -4,6 +4,7 @@ so `hv --help` stays quick)."""
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 
@@ -30,7 +31,7 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         report = import_coco(
-            args.annotations, args.images, args.out, args.shard_max_count, log=lambda s: print(s, file=sys.stderr)
+            args.annotations, args.images, args.out, args.shard_max_count, log=logging.getLogger(__name__).info
         )
     except CocoError as e:
         print(f"hv import coco: {e}", file=sys.stderr)

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import sys
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -292,5 +295,5 @@ def _predict(args: argparse.Namespace) -> int:
     failed = index["failed"]
     print(f"{len(index['predicted'])} predicted, {len(failed)} failed -> {args.out} (index.json lists each)")
     for bad in failed[:10]:
-        print(f"  failed: {bad['source']}: {bad['reason']}", file=sys.stderr)
+        log.warning("failed: %s: %s", bad["source"], bad["reason"])
     return 1 if failed else 0  # every input that could be was written; a failed one still fails the command

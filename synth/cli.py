@@ -8,8 +8,12 @@ hv synth preview runs/synth --out sheet.png
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+
+log = logging.getLogger(__name__)
+
 
 PREVIEW = "preview"
 # With neither scans nor --bodies, the contract is "random parametric humans": this many.
@@ -111,7 +115,7 @@ def _main(args: argparse.Namespace) -> int:
         config.scans = list(config.scans) + scans
     if not config.scans and config.bodies.count == 0:
         config.bodies.count = DEFAULT_BODIES
-        print(f"hv synth: no scans given: rendering {DEFAULT_BODIES} random bodies (set --bodies N)", file=sys.stderr)
+        log.info("hv synth: no scans given: rendering %d random bodies (set --bodies N)", DEFAULT_BODIES)
     if config.background.dir and not os.path.isdir(config.background.dir):
         print(f"hv synth: --backgrounds {config.background.dir}: no such folder", file=sys.stderr)
         return 2
@@ -127,7 +131,7 @@ def _main(args: argparse.Namespace) -> int:
     from synth.engine import OutputMismatch, run_job
 
     try:
-        summary = run_job(config, log=lambda msg: print(msg, file=sys.stderr))
+        summary = run_job(config, log=log.info)
     except (OutputMismatch, FileNotFoundError, RayConnectError) as e:
         print(f"hv synth: {e}", file=sys.stderr)
         return 2

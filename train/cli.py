@@ -15,8 +15,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import logging
 import os
 import sys
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -117,7 +120,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     if os.path.isfile(config_path):
         with open(config_path) as f:
             if f.read() != to_yaml(cfg):
-                print(f"[train] {config_path} differs from this launch's config; replacing it", file=sys.stderr)
+                log.warning("%s differs from this launch's config; replacing it", config_path)
     save_config(cfg, config_path)
     try:
         return launch_from_args(args, "train.pretrain", ["--config", config_path, "--out", args.out])

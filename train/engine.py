@@ -31,6 +31,7 @@ too: the distributed environment variables are filled in for one local process.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -94,6 +95,9 @@ MakeBatches = Callable[[int, int, int, int], Iterator[Any]]
 
 # Dense bf16 peak FLOP/s of common accelerators, for MFU (vendor data sheets, no sparsity).
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -257,7 +261,7 @@ def _fit(
         with open(os.path.join(out_dir, "deepspeed_config.json"), "w") as f:
             json.dump(ds_config, f, indent=2)
         for note in notes:
-            print(f"[train] {note}", file=sys.stderr)
+            log.info("%s", note)
         log = MetricsLog(out_dir, start_step, cfg.tensorboard)
     bar = None
     if rank == 0 and cfg.progress:

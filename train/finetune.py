@@ -21,6 +21,7 @@ which `train.predictor.Predictor`, eval, export and annotation load (`train.mode
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -37,6 +38,9 @@ from train.models.tasks import TASKS
 from train.models.weights import load_init
 
 # ------------------------------------------------------------------------------------------------ the loss
+
+
+log = logging.getLogger(__name__)
 
 
 def task_losses(
@@ -99,7 +103,7 @@ def run(cfg: FinetuneConfig, out_dir: str):
         if cfg.init:
             report = load_init(model, cfg.init)
             if rank == 0:
-                print(f"[finetune] {report.summary()}", file=sys.stderr)
+                log.info("%s", report.summary())
         return model
 
     def loss_fn(engine: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -114,7 +118,7 @@ def run(cfg: FinetuneConfig, out_dir: str):
     result = fit(model, loss_fn, make_batches_fn(cfg, report_path, reports), cfg, out_dir)
     if rank == 0 and reports:
         _write_report(report_path, reports[-1])
-        print(f"[finetune] data: {reports[-1].summary()} (details: {report_path})", file=sys.stderr)
+        log.info("data: %s (details: %s)", reports[-1].summary(), report_path)
     if result.checkpoint is not None:
         import torch.distributed as dist
 
@@ -133,6 +137,9 @@ def run(cfg: FinetuneConfig, out_dir: str):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Per-rank entry (`python -m train.finetune` / `deepspeed --module train.finetune`)."""
+    from data_engine.logs import configure_from_env
+
+    configure_from_env()  # the -v / -q of the `hv` command that launched this rank
     parser = argparse.ArgumentParser(prog="train.finetune", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("--out", required=True)

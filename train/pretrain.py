@@ -124,6 +124,9 @@ def count_bad_samples(out_dir: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from data_engine.logs import configure_from_env
+
+    configure_from_env()  # the -v / -q of the `hv` command that launched this rank
     parser = argparse.ArgumentParser(description="one rank of MAE pretraining (start it with `hv train pretrain`)")
     parser.add_argument("--config", required=True)
     parser.add_argument("--out", required=True)
