@@ -257,3 +257,31 @@ def test_hv_predict_runs_a_converted_pose_checkpoint(tmp_path, capsys) -> None:
     result = json.loads((out / "pose" / "person_7.json").read_text())
     assert result["keypoint_set"] == "all"
     assert len(result["persons"]) == 1 and len(result["persons"][0]["keypoints"]) == 308
+
+
+class _PeakModel(torch.nn.Module):
+    """Stands in for a pose model whose heatmaps are at 1/`stride` of the input: one Gaussian peak per keypoint
+    at crop point (20.5, 30.5) in input pixels."""
+
+    def __init__(self, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        self.heads = torch.nn.ModuleDict({"pose": torch.nn.Identity()})
+
+    def forward(self, x, routes=None):
+        h, w = x.shape[-2] // self.stride, x.shape[-1] // self.stride
+        ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+        cx, cy, sigma = 20.5 / self.stride, 30.5 / self.stride, 4.0 / self.stride
+        peak = torch.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * sigma**2))
+        return {"pose": peak.expand(len(x), 17, h, w).clone()}
+
+
+def test_pose_decoding_follows_the_heatmap_resolution() -> None:
+    from train.models.spec import ModelSpec
+    from train.predictor import Predictor
+
+    spec = ModelSpec(arch="tiny", image_size=SIZE, tasks=("pose",), keypoint_set="coco17", pose_sigma=1.0)
+    image = np.zeros((64, 48, 3), np.uint8)
+    box = [np.array([[0.0, 0.0, 48.0, 64.0]])]
+    found = [Predictor.from_model(_PeakModel(s), spec).pose([image], box)[0].keypoints[0, 0] for s in (4, 2)]
+    np.testing.assert_allclose(found[0], found[1], atol=0.5)
