@@ -285,3 +285,58 @@ def test_pose_decoding_follows_the_heatmap_resolution() -> None:
     box = [np.array([[0.0, 0.0, 48.0, 64.0]])]
     found = [Predictor.from_model(_PeakModel(s), spec).pose([image], box)[0].keypoints[0, 0] for s in (4, 2)]
     np.testing.assert_allclose(found[0], found[1], atol=0.5)
+
+
+def test_finetune_init_takes_the_model_layout_from_the_converted_file(tmp_path, capsys) -> None:
+    from train.finetune_config import load_finetune_config
+    from train.models.multitask import build_model
+    from train.models.weights import load_init
+
+    torch.manual_seed(0)
+    src = save_release(tmp_path / "pose.pth", backbone_state() | head_state("pose"))
+    ckpt = str(tmp_path / "pose.safetensors")
+    assert hv(capsys, "train", "convert-sapiens", src, "--out", ckpt, "--img-size", *map(str, SIZE))[0] == 0
+    config = tmp_path / "ft.yaml"
+    config.write_text("task: pose\nmodel:\n  image_size: [64, 48]\n")
+
+    cfg = load_finetune_config(str(config), [], init=ckpt)
+    assert (cfg.model.arch, cfg.model.depth, cfg.model.backbone_options) == ("tiny", DEPTH, {"patch_padding": 2})
+    assert cfg.model.head_options["pose"]["deconv_channels"] == [16, 16]
+    model = build_model(cfg.model_spec())
+    report = load_init(model, ckpt)
+    assert not report.missing and not report.ignored  # the backbone and the whole head
+    x = torch.randn(1, 3, *SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x)["pose"], load_finetuned(ckpt).model(x)["pose"])
+
+    # What the config file or an override sets wins; a seg run takes the backbone layout but not the pose head.
+    config.write_text("task: pose\nmodel:\n  image_size: [64, 48]\n  backbone_options: {patch_padding: 0}\n")
+    cfg = load_finetune_config(str(config), ["model.depth=1"], init=ckpt)
+    assert (cfg.model.depth, cfg.model.backbone_options, cfg.model.arch) == (1, {"patch_padding": 0}, "tiny")
+    config.write_text("task: pose\nmodel:\n  image_size: [64, 48]\n")
+    cfg = load_finetune_config(str(config), [], task="seg", init=ckpt)
+    assert cfg.model.head_options == {} and cfg.model.backbone_options == {"patch_padding": 2}
+
+
+@pytest.mark.slow  # one real training step through the engine (DeepSpeed start-up): about a minute on 2 cores
+def test_hv_train_finetune_starts_from_a_converted_checkpoint(tmp_path, capsys) -> None:
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, os.path.join(root, "tests", "finetune"))
+    from ft_synthetic import person_sample, write_shards
+
+    write_shards(str(tmp_path / "people"), [person_sample(i, 64, 48) for i in range(2)], max_count=2)
+    src = save_release(tmp_path / "pose.pth", backbone_state() | head_state("pose"))
+    ckpt = str(tmp_path / "pose.safetensors")
+    assert hv(capsys, "train", "convert-sapiens", src, "--out", ckpt, "--img-size", *map(str, SIZE))[0] == 0
+    run = str(tmp_path / "run")
+    config = os.path.join(root, "configs/finetune/pose_tiny.yaml")
+    code, _, err = hv(
+        capsys, "train", "finetune", "--task", "pose", "--config", config, "--init", ckpt, "--out", run,
+        "--in-process", f"data.shards={tmp_path}", "steps=1", "optim.warmup_steps=0", "batch_size=2",
+        "model.image_size=[64,48]", "progress=false", "tensorboard=false", "pose.keypoint_set=all",
+    )  # fmt: skip
+    assert code == 0, err
+    spec = load_finetuned(run).spec
+    assert spec.backbone_options == {"patch_padding": 2} and spec.head_options["pose"]["style"] == "sapiens_v1"
