@@ -340,3 +340,30 @@ def test_hv_train_finetune_starts_from_a_converted_checkpoint(tmp_path, capsys) 
     assert code == 0, err
     spec = load_finetuned(run).spec
     assert spec.backbone_options == {"patch_padding": 2} and spec.head_options["pose"]["style"] == "sapiens_v1"
+
+
+class _RunsCodeWhenUnpickled:
+    """Unpickling this would call os.mkdir(marker): the stand-in for a crafted file's payload."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_mmengine_meta_objects_are_read_as_placeholders_and_never_run(tmp_path, capsys) -> None:
+    """Released .pth files carry mmengine's `meta` (numpy arrays, records) beside the weights, which a weights-only
+    load refuses: the converter reads the tensors and leaves every other object inert."""
+    torch.manual_seed(0)
+    sd = backbone_state() | head_state("pose")
+    marker = tmp_path / "payload_ran"
+    meta = {"dataset_meta": {"flip_indices": np.arange(4)}, "hook": _RunsCodeWhenUnpickled(str(marker))}
+    src = tmp_path / "release.pth"
+    torch.save({"meta": meta, "state_dict": sd}, src)
+    dst = str(tmp_path / "pose.safetensors")
+    code, _, err = hv(capsys, "train", "convert-sapiens", str(src), "--out", dst, "--img-size", *map(str, SIZE))
+    assert code == 0, err
+    assert not marker.exists()
+    converted = load_finetuned(dst).model.state_dict()
+    torch.testing.assert_close(converted["heads.pose.final_layer.weight"], sd["head.final_layer.weight"])

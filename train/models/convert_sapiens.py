@@ -116,8 +116,10 @@ def _convert_pos_embed(pos: torch.Tensor, grid: tuple[int, int], source_grid: tu
 
 
 def load_checkpoint_file(path: str) -> dict:
-    """The tensors of a Sapiens .pth (read weights-only: nothing in it is unpickled freely), wrappers kept for
-    `unwrap`. A Sapiens Lite TorchScript / torch.export file is refused with what to use instead."""
+    """The checkpoint dict of a Sapiens .pth, wrappers kept for `unwrap`. Nothing in it is unpickled freely: a
+    weights-only load, else (mmengine's `meta` holds numpy arrays and records) a load in which every object but
+    tensors is an inert placeholder. A Sapiens Lite TorchScript / torch.export file is refused with what to use
+    instead; an unreadable (truncated) file raises ValueError naming it."""
     import zipfile
 
     from train.export import UnsafeCheckpointError, safe_torch_load
@@ -132,9 +134,12 @@ def load_checkpoint_file(path: str) -> dict:
             "Hugging Face repos facebook/sapiens-<task>-<size> without the -torchscript / -bfloat16 suffix)."
         )
     try:
-        obj = safe_torch_load(path)
-    except UnsafeCheckpointError:
-        raise
+        try:
+            obj = safe_torch_load(path)
+        except UnsafeCheckpointError:
+            # mmengine checkpoints carry a `meta` / `message_hub` of numpy and mmengine objects besides the weights:
+            # read the tensors with every other object replaced by an inert placeholder (no code of the file runs).
+            obj = _load_tensors_only(path)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(
@@ -144,6 +149,66 @@ def load_checkpoint_file(path: str) -> dict:
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: holds a {type(obj).__name__}, not a checkpoint dict of tensors")
     return obj
+
+
+class _Inert:
+    """What any non-tensor object of a checkpoint unpickles to: it takes every argument and does nothing."""
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def __call__(self, *args, **kwargs) -> _Inert:
+        return _Inert()
+
+    def __setstate__(self, state) -> None:
+        pass
+
+    def __setitem__(self, key, value) -> None:  # SETITEM(S) on a placeholder dict subclass
+        pass
+
+    def append(self, value) -> None:  # APPEND(S) on a placeholder list subclass
+        pass
+
+    def extend(self, values) -> None:
+        pass
+
+
+def _tensor_globals() -> dict[tuple[str, str], object]:
+    """The only callables a tensors-only read may use: torch's tensor rebuilders, Parameter and OrderedDict."""
+    import collections
+
+    import torch._utils as tu
+
+    allowed = {
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("torch.nn.parameter", "Parameter"): torch.nn.Parameter,
+    }
+    for name in ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_parameter", "_rebuild_parameter_with_state"):
+        if hasattr(tu, name):
+            allowed[("torch._utils", name)] = getattr(tu, name)
+    for dtype in ("float32", "float16", "bfloat16", "float64", "int64", "int32", "uint8", "bool"):
+        allowed[("torch", dtype)] = getattr(torch, dtype)
+    return allowed
+
+
+def _load_tensors_only(path: str) -> dict:
+    """torch.load through an unpickler whose globals are `_tensor_globals` or `_Inert`: tensors come back whole,
+    every other object (numpy arrays, mmengine records, anything a crafted file names) as a placeholder."""
+    import pickle
+    import types
+
+    allowed = _tensor_globals()
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str):
+            return allowed.get((module, name), _Inert)
+
+    inert_pickle = types.SimpleNamespace(Unpickler=Unpickler, load=pickle.load, __name__="inert_pickle")
+    obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=inert_pickle)
+    return obj if isinstance(obj, dict) else {}
 
 
 def _compiled_kind(path: str) -> str | None:
