@@ -130,8 +130,8 @@ def load_checkpoint_file(path: str) -> dict:
     if compiled:
         raise ValueError(
             f"{path} is a Sapiens Lite {compiled} file: a compiled model (often bf16), not a weights checkpoint, and "
-            "its layer names are not kept. Convert the plain .pth checkpoint of the same model instead (the "
-            "Hugging Face repos facebook/sapiens-<task>-<size> without the -torchscript / -bfloat16 suffix)."
+            "its layer names are not kept. Convert the original .pth checkpoint of the same model instead "
+            "(sapiens_host/ on huggingface.co/facebook/sapiens, not sapiens_lite_host/)."
         )
     try:
         try:
