@@ -367,3 +367,16 @@ def test_mmengine_meta_objects_are_read_as_placeholders_and_never_run(tmp_path, 
     assert not marker.exists()
     converted = load_finetuned(dst).model.state_dict()
     torch.testing.assert_close(converted["heads.pose.final_layer.weight"], sd["head.final_layer.weight"])
+
+
+@pytest.mark.parametrize(
+    ("embed", "blocks", "arch"), [(1024, 24, "sapiens_0.3b"), (1280, 32, "sapiens_0.6b"), (1536, 40, "sapiens_1b"),
+                                  (1920, 48, "sapiens_2b")]
+)  # fmt: skip
+def test_the_released_sizes_are_told_apart_by_their_shapes(embed, blocks, arch) -> None:
+    from train.models.convert_sapiens import _match_arch
+
+    shapes = {"patch_embed.projection.weight": torch.empty(embed, 3, 16, 16)}
+    shapes |= {f"layers.{i}.ln1.weight": torch.empty(0) for i in range(blocks)}
+    assert _match_arch(shapes, None) == (arch, None)
+    assert _match_arch(shapes, arch) == (arch, None)
