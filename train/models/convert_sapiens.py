@@ -237,6 +237,7 @@ POSE_SIGMA = 6.0
 # The configs' data_preprocessor mean/std (0-255 RGB; bgr_to_rgb=True): ours, train.transforms.IMAGE_MEAN / STD.
 SAPIENS_MEAN = (123.675, 116.28, 103.53)
 SAPIENS_STD = (58.395, 57.12, 57.375)
+RELEASED_GRID = (64, 48)  # the fine-tuned models' token grid (1024 x 768 inputs)
 _DROPPED = {"cls_token"}  # the fine-tuned models do not use it (with_cls_token=False)
 
 
@@ -285,8 +286,9 @@ def convert_checkpoint(
     padding = PATCH_PADDING[kind] if patch_padding is None else patch_padding
     grid = (image_size[0] // 16, image_size[1] // 16)
     pos = backbone.get("pos_embed")
-    if source_grid is None and pos is not None and pos.shape[1] in (grid[0] * grid[1], grid[0] * grid[1] + 1):
-        source_grid = grid  # fine-tuned at this size (1024 x 768): the grid is not square
+    for candidate in (grid, RELEASED_GRID):  # fine-tuned at this size, or at the released 1024 x 768: not square
+        if source_grid is None and pos is not None and pos.shape[1] - candidate[0] * candidate[1] in (0, 1):
+            source_grid = candidate
     vit_state, ignored = convert_state_dict(backbone, grid, source_grid)
     dropped = [k for k in ignored if k in _DROPPED]
     unplaced += [("backbone." if "backbone." + k in src else "") + k for k in ignored if k not in _DROPPED]
@@ -296,9 +298,12 @@ def convert_checkpoint(
             f"{len(unplaced)} tensor(s) have no place in the converted model:\n  {shown}\n"
             "Nothing was written. If they do not change the model's output, pass --allow-unused to leave them out."
         )
+    from train.models.weights import check_fits
+
     if task == "backbone":
         cfg = arch_config(arch, image_size, patch_padding=padding, **({"depth": depth} if depth else {}))
-        ViT(cfg).load_state_dict(vit_state, strict=True)
+        with torch.device("meta"):  # names and shapes only: no memory, no init time at 2B
+            check_fits(ViT(cfg), vit_state, "converted backbone")
         return Conversion(vit_state, None, arch, depth, padding, unplaced, dropped)
     spec = ModelSpec(
         arch=arch,
@@ -312,9 +317,8 @@ def convert_checkpoint(
         head_options={task: head_options},
     )
     state = {f"backbone.{k}": v for k, v in vit_state.items()} | {f"heads.{task}.{k}": v for k, v in head_state.items()}
-    from train.models.weights import check_fits
-
-    check_fits(build_model(spec), state, "converted")
+    with torch.device("meta"):
+        check_fits(build_model(spec), state, "converted")
     return Conversion(state, spec, arch, depth, padding, unplaced, dropped)
 
 
