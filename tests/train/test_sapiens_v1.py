@@ -380,3 +380,22 @@ def test_the_released_sizes_are_told_apart_by_their_shapes(embed, blocks, arch) 
     shapes |= {f"layers.{i}.ln1.weight": torch.empty(0) for i in range(blocks)}
     assert _match_arch(shapes, None) == (arch, None)
     assert _match_arch(shapes, arch) == (arch, None)
+
+
+def test_annotation_pre_labels_come_from_a_converted_pose_checkpoint(tmp_path, capsys) -> None:
+    """`hv annotate predict --checkpoint` wraps this plug-in: one curated sample in, Label Studio pre-labels out."""
+    import sys
+
+    from annotation.model_predictor import model_predictor
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "finetune"))
+    from ft_synthetic import person_sample
+
+    src = save_release(tmp_path / "pose.pth", backbone_state() | head_state("pose"))
+    ckpt = str(tmp_path / "pose.safetensors")
+    assert hv(capsys, "train", "convert-sapiens", src, "--out", ckpt, "--img-size", *map(str, SIZE))[0] == 0
+    sample = person_sample(0, 64, 48)
+    sample.meta["persons"] = [{"bbox": [4.0, 6.0, 40.0, 60.0], "score": 0.9}]
+    prediction = model_predictor(ckpt, "pose", keypoint_threshold=0.0)(sample)
+    assert prediction.pose.keypoint_set == "all"
+    assert len(prediction.pose.persons) == 1 and prediction.pose.persons[0].keypoints.shape == (308, 3)
