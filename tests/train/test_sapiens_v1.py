@@ -216,6 +216,11 @@ def test_torchscript_and_truncated_files_get_clear_messages(tmp_path, capsys) ->
     torch.jit.save(torch.jit.script(torch.nn.Conv2d(3, 4, 1)), str(scripted))
     code, _, err = hv(capsys, "train", "convert-sapiens", str(scripted), "--out", str(tmp_path / "a.safetensors"))
     assert code == 2 and "TorchScript" in err and ".pth" in err and "corrupt" not in err
+    exported = tmp_path / "sapiens_1b_goliath_bfloat16.pt2"
+    conv = torch.nn.Conv2d(3, 4, 1)
+    torch.export.save(torch.export.export(conv, (torch.randn(1, 3, 8, 8),)), str(exported))
+    code, _, err = hv(capsys, "train", "convert-sapiens", str(exported), "--out", str(tmp_path / "e.safetensors"))
+    assert code == 2 and "torch.export" in err and ".pth" in err and "corrupt" not in err
     whole = tmp_path / "whole.pth"
     save_release(whole, backbone_state() | head_state("pose"))
     cut = tmp_path / "cut.pth"
