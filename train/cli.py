@@ -4,7 +4,7 @@
     hv train pretrain --config configs/pretrain/tiny.yaml --out RUN [--gpus N | --cpus N | --in-process] [key=value ...]
     hv train pretrain --config configs/pretrain/sapiens_1b.yaml --out RUN --hostfile hosts.txt   # multi-node
     hv train export-weights RUN [--out FILE] [--tag step_00001000] [--part full|encoder]
-    hv train convert-sapiens CKPT --arch sapiens_0.3b --out FILE [--img-size H W]
+    hv train convert-sapiens CKPT --out FILE [--arch A] [--img-size H W] [--allow-unused]
 
 `hv train finetune` is added by `train.finetune_cli` when that module exists; it launches the same way
 (`train.launch.add_launch_args` / `launch_from_args`).
@@ -46,12 +46,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--part", choices=("full", "encoder"), default="full", help="encoder: the ViT backbone alone")
     p.set_defaults(func=_export)
 
-    p = sub.add_parser("convert-sapiens", help="convert Meta's released Sapiens weights to this ViT")
-    p.add_argument("checkpoint", help="a Sapiens .pth (mmpretrain key names) or TorchScript file")
-    p.add_argument("--arch", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"), help="target size (default: the arch's)")
+    p = sub.add_parser(
+        "convert-sapiens", help="convert Meta's released Sapiens v1 weights (backbone, pose, seg, depth, normal)"
+    )
+    p.add_argument("checkpoint", help="a Sapiens v1 .pth (mmpretrain / mmpose / mmseg key names)")
+    p.add_argument("--out", required=True, help="the .safetensors file to write")
+    p.add_argument("--arch", help="check the backbone against this arch (default: detected from its shapes)")
+    p.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"), help="model input (default 1024 768)")
+    p.add_argument("--patch-padding", type=int, help="override the patch padding of the checkpoint's kind")
     p.add_argument("--source-grid", type=int, nargs=2, metavar=("H16", "W16"), help="checkpoint's token grid")
+    p.add_argument("--allow-unused", action="store_true", help="leave out tensors that have no place (listed)")
     p.set_defaults(func=_convert)
 
     if importlib.util.find_spec("train.finetune_cli") is not None:
@@ -143,19 +147,35 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    """A full fine-tuned checkpoint becomes a model file (`model_spec` in its header: Predictor, hv predict, hv eval
+    --checkpoint, hv export and --init read it); a pretrained backbone stays a bare ViT file for --init."""
     from safetensors.torch import save_file
 
-    from train.models.convert_sapiens import convert_state_dict, load_checkpoint_file
-    from train.models.vit import ViT, arch_config
+    from data_engine.outputs import prepare_output_file
+    from train.models.convert_sapiens import convert_checkpoint, load_checkpoint_file
+    from train.models.weights import SPEC_KEY
 
     try:
-        cfg = arch_config(args.arch, args.img_size)
-        grid = (cfg.img_size[0] // cfg.patch_size, cfg.img_size[1] // cfg.patch_size)
-        state, ignored = convert_state_dict(load_checkpoint_file(args.checkpoint), grid, args.source_grid)
-        ViT(cfg).load_state_dict(state, strict=True)  # shapes and names checked against the arch
+        prepare_output_file(args.out, "--out")
+        conv = convert_checkpoint(
+            load_checkpoint_file(args.checkpoint),
+            arch=args.arch,
+            image_size=tuple(args.img_size or (1024, 768)),
+            patch_padding=args.patch_padding,
+            source_grid=tuple(args.source_grid) if args.source_grid else None,
+            allow_unused=args.allow_unused,
+        )
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         return _error("convert-sapiens", e)
-    meta = {"format": "humanvision", "part": "encoder", "arch": args.arch, "source": os.path.abspath(args.checkpoint)}
-    save_file(state, args.out, metadata=meta)
-    print(json.dumps({"out": args.out, "tensors": len(state), "ignored": ignored}))
+    meta = {"format": "humanvision", "arch": conv.arch, "source": os.path.abspath(args.checkpoint)}
+    if conv.spec is None:
+        meta["part"] = "encoder"
+    else:
+        meta |= {"part": "full", SPEC_KEY: conv.spec.to_json()}
+    save_file({k: v.contiguous() for k, v in conv.state.items()}, args.out, metadata=meta)
+    report = {"out": args.out, "task": conv.task, "arch": conv.arch, "depth": conv.depth}
+    report |= {"patch_padding": conv.patch_padding, "tensors": len(conv.state), "dropped": conv.dropped}
+    if conv.unused:
+        report["unused"] = conv.unused
+    print(json.dumps(report))
     return 0

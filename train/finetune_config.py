@@ -188,10 +188,60 @@ def validate_pose_augmentation(pose: TopDownAugment) -> None:
 def load_finetune_config(
     path: str | None, overrides: Sequence[str] = (), task: str | None = None, init: str | None = None
 ) -> FinetuneConfig:
-    """The config file, then --task / --init, then key=value overrides (which win)."""
+    """The config file, then --task / --init, then key=value overrides (which win).
+
+    When the init file's header holds a ModelSpec (a converted Sapiens checkpoint, a fine-tuned model), the
+    model's arch, depth, backbone_options and, for the tasks both have, head_options come from it unless the
+    config file or an override sets them: the user need not know a converted model's patch padding or head layout.
+    """
     extra = []
     if task is not None:
         extra.append(f"task={task}")
     if init is not None:
         extra.append(f"init={init}")
-    return load_config(FinetuneConfig, path, [*extra, *overrides])
+    cfg = load_config(FinetuneConfig, path, [*extra, *overrides])
+    inherited = _model_from_init(cfg, path, overrides)
+    return load_config(FinetuneConfig, path, [*extra, *overrides], flags=inherited) if inherited else cfg
+
+
+_INHERITED_MODEL_KEYS = ("arch", "depth", "backbone_options", "head_options")
+
+
+def _model_from_init(cfg: FinetuneConfig, path: str | None, overrides: Sequence[str]) -> dict[str, Any]:
+    """`model.*` flags taken from the init file's ModelSpec: those that neither the file nor an override sets."""
+    if not cfg.init:
+        return {}
+    from train.models.spec import SpecError
+    from train.models.weights import header_model_spec, resolve_weights_file
+
+    try:
+        spec = header_model_spec(resolve_weights_file(cfg.init))
+    except (FileNotFoundError, SpecError):
+        return {}  # the init check names a missing file; a bad spec surfaces when the init is loaded
+    if spec is None:
+        return {}
+    explicit = _explicit_model_keys(path, overrides)
+    values = {
+        "arch": spec.arch,
+        "depth": spec.depth,
+        "backbone_options": dict(spec.backbone_options),
+        "head_options": {t: dict(o) for t, o in spec.head_options.items() if t in cfg.active_tasks},
+    }
+    return {f"model.{k}": v for k, v in values.items() if k not in explicit and v not in (None, {})}
+
+
+def _explicit_model_keys(path: str | None, overrides: Sequence[str]) -> set[str]:
+    """Which of the inherited `model` keys the config file or the overrides set."""
+    import yaml
+
+    keys: set[str] = set()
+    if path:
+        with open(path) as f:
+            raw = yaml.safe_load(f) or {}
+        model = raw.get("model") if isinstance(raw, dict) else None
+        keys |= set(model) if isinstance(model, dict) else set()
+    for item in overrides:
+        parts = item.partition("=")[0].strip().split(".")
+        if parts[0] == "model":
+            keys |= set(_INHERITED_MODEL_KEYS) if len(parts) == 1 else {parts[1]}
+    return keys & set(_INHERITED_MODEL_KEYS)

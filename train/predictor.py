@@ -142,6 +142,10 @@ class Predictor:
             batch = np.stack([normalize_image(c[0]) for c in chunk])
             heatmaps = self._heatmaps(batch)
             pts, sc = decode_heatmaps(heatmaps, self.heatmap_blur)
+            # Heatmap units -> the 1/4-input units `heatmap_to_image` reads (a head of another stride, e.g. a
+            # converted Sapiens head with three deconvolutions, would otherwise land at the wrong scale).
+            expected_h, expected_w = self.pose_params.heatmap_size
+            pts = pts * np.array([expected_w / heatmaps.shape[-1], expected_h / heatmaps.shape[-2]])
             for (_, matrix, _), p in zip(chunk, pts, strict=True):
                 points.append(heatmap_to_image(p, matrix, self.pose_params).astype(np.float32))
             scores.extend(sc)

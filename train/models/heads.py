@@ -62,9 +62,15 @@ def _default_head(task: Task, in_channels: int, out_channels: int, channels: int
     return cls(in_channels, out_channels, spec.num_deconv, spec.num_conv, channels or spec.channels)
 
 
+def _sapiens_v1_head(*args, **options) -> nn.Module:
+    from train.models.sapiens_v1 import build_sapiens_v1_head
+
+    return build_sapiens_v1_head(*args, **options)
+
+
 # style -> builder(task, in_channels, out_channels, channels, **options): other head families (converted
 # checkpoints' heads) register here; a ModelSpec's `head_options[task]["style"]` picks one.
-HEAD_STYLES: dict[str, Callable[..., nn.Module]] = {"humanvision": _default_head}
+HEAD_STYLES: dict[str, Callable[..., nn.Module]] = {"humanvision": _default_head, "sapiens_v1": _sapiens_v1_head}
 
 
 def build_head(

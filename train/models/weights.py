@@ -58,6 +58,12 @@ def _header(file: str) -> dict[str, str]:
         return {}
 
 
+def header_model_spec(file: str) -> ModelSpec | None:
+    """The `model_spec` entry of a safetensors header (SpecError when it is malformed); None when there is none."""
+    text = _header(file).get(SPEC_KEY)
+    return ModelSpec.from_json(text) if text is not None else None
+
+
 def read_embedded_config(file: str) -> dict[str, Any] | None:
     """The resolved config stored in a safetensors header (`config` metadata) or in a YAML beside it."""
     import yaml
