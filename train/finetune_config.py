@@ -30,6 +30,7 @@ TaskMode = Enum("TaskMode", {**{t: t for t in TASK_NAMES}, "multi": "multi"}, ty
 class Vocabulary(str, Enum):
     goliath28 = "goliath28"
     lip20 = "lip20"
+    sapiens2_29 = "sapiens2_29"
 
 
 @dataclass
