@@ -61,7 +61,9 @@ def _arch(hidden: int, layers: int, heads: int) -> dict[str, Any]:
     }
 
 
-ARCHS: dict[str, dict[str, Any]] = {name: _arch(*size) for name, size in _ZOO.items()}
+# "sapiens2": transformers' `Sapiens2Config` defaults, for any size given whole in `options` (what a converted
+# checkpoint whose size is none of the zoo's names, such as a small test model, is built as).
+ARCHS: dict[str, dict[str, Any]] = {**{name: _arch(*size) for name, size in _ZOO.items()}, "sapiens2": {}}
 
 # The `Sapiens2Config` fields that shape the backbone (what `backbone_options` may hold); the rest of a config is
 # its head's (`head_config`, `num_labels`, `flip_pairs`, ...) or transformers' bookkeeping.
