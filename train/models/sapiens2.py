@@ -94,6 +94,25 @@ def backbone_config(arch: str, depth: int | None = None, **options: Any) -> dict
     return cfg
 
 
+def _import_transformers() -> None:
+    """Import transformers' Sapiens2 modules, stepping outside `deepspeed.zero.Init`'s patches for it the first
+    time: importing them imports torch._dynamo, which fails on the Tensor constructor zero.Init patches."""
+    import sys
+
+    name = "transformers.models.sapiens2.modeling_sapiens2"
+    if name in sys.modules:
+        return
+    zero = sys.modules.get("deepspeed.runtime.zero.partition_parameters")
+    patched = zero is not None and getattr(zero, "top_level_context", None) is not None
+    if patched:
+        zero.shutdown_init_context()
+    try:
+        import transformers.models.sapiens2.modeling_sapiens2  # noqa: F401
+    finally:
+        if patched:
+            zero.restore_init_context()
+
+
 class Sapiens2Backbone(nn.Module):
     """transformers' Sapiens2 encoder laid out as `embeddings`, `layers.N`, `norm` (the final RMSNorm).
 
@@ -109,6 +128,7 @@ class Sapiens2Backbone(nn.Module):
         grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        _import_transformers()
         from transformers import Sapiens2Config
         from transformers.models.sapiens2.modeling_sapiens2 import (
             Sapiens2Embeddings,
@@ -253,6 +273,7 @@ def build_sapiens2_head(task: str, in_channels: int, out_channels: int, channels
     """transformers' `Sapiens2Head` on a backbone of width `in_channels` predicting `out_channels`; `options` are
     the `Sapiens2HeadConfig` fields (`upsample_out_channels`, `conv_out_channels`, `use_pixel_shuffle`, ...).
     `channels` (this package's head width) does not apply: the head config sets every width."""
+    _import_transformers()
     from transformers import Sapiens2Config
     from transformers.models.sapiens2.modeling_sapiens2 import Sapiens2Head
 
