@@ -254,3 +254,29 @@ def test_arch_sizes() -> None:
             model = build_sapiens2(arch, (1024, 768))
         params = sum(p.numel() for p in model.parameters())
         assert 0.8 * count < params < 1.2 * count, (arch, params)
+
+
+@pytest.mark.slow
+def test_mae_pretraining_with_a_sapiens2_encoder(tmp_path, shards) -> None:
+    """`hv train pretrain` with model.arch=sapiens2: the encoder sees only the kept tokens (with their RoPE
+    positions); it starts from a converted transformers backbone (model.init_weights)."""
+    from transformers import Sapiens2Model
+
+    import humanvision_cli
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    init = str(tmp_path / "backbone.safetensors")
+    convert_sapiens2(save(randomised(Sapiens2Model(tiny_config())), tmp_path / "hf"), init)
+    options = json.dumps(backbone_spec(init)["backbone_options"]).replace('"', "")
+    out = str(tmp_path / "mae")
+    argv = [
+        "train", "pretrain", "--config", os.path.join(root, "configs/pretrain/tiny.yaml"), "--out", out,
+        "--in-process", f"data.shards={shards}", "steps=2", "data.num_workers=0", "progress=false",
+        "tensorboard=false", "model.arch=sapiens2", "model.depth=null", f"model.backbone_options={options}",
+        f"model.init_weights={init}",
+    ]  # fmt: skip
+    args = humanvision_cli.build_parser().parse_args(argv)
+    assert int(args.func(args) or 0) == 0
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    assert len(rows) == 2 and all(r["loss"] == r["loss"] for r in rows)
