@@ -280,3 +280,21 @@ def test_mae_pretraining_with_a_sapiens2_encoder(tmp_path, shards) -> None:
     with open(os.path.join(out, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     assert len(rows) == 2 and all(r["loss"] == r["loss"] for r in rows)
+
+
+def test_converted_seg_model_predicts_and_exports(tmp_path) -> None:
+    """The Predictor (flip test: sapiens2_29's left/right swaps) and a TorchScript export take a converted model."""
+    import numpy as np
+
+    from eval.export import ExportFormat, export_checkpoint
+    from train.predictor import Predictor
+
+    name, labels, head_config, _ = HEADS["seg"]
+    ref = randomised(getattr(transformers, name)(tiny_config(num_labels=labels, head_config=head_config)))
+    file = str(tmp_path / "seg.safetensors")
+    convert_sapiens2(save(ref, tmp_path / "hf"), file)
+    image = np.random.default_rng(0).integers(0, 255, (80, 60, 3), dtype=np.uint8)
+    pred = Predictor(file, flip_test=True).dense([image])[0]
+    assert pred.seg.shape == (80, 60) and pred.seg.max() < 29
+    result = export_checkpoint(file, str(tmp_path / "seg.pt"), ExportFormat.torchscript)
+    assert result.max_abs_diff["seg"] < TOL

@@ -204,6 +204,10 @@ class Sapiens2Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
         grid = self.token_grid(x)
+        # transformers' attention by name, read by every layer: SDPA, or its plain-matmul twin while tracing for
+        # an export (the ONNX exporter has no SDPA with grouped-query heads).
+        tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        self.config._attn_implementation = "eager" if tracing else "sdpa"
         x = x.to(self.embeddings.patch_embeddings.weight.dtype)
         tokens = self.embeddings(x)  # (B, P + h*w, C)
         cos, sin = self.rope(grid, x.dtype, x.device)
