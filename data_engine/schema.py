@@ -9,8 +9,9 @@ wrists sit at 41 and 62, not in COCO order, so COCO-17 is a name mapping, see `s
 feet 6, left_hand 20, right_hand 20, extra 7, face 238. The "243 face keypoints" of the paper are the
 238 face points plus nose, eyes and ears: subset `face`.
 
-Vocabularies (`VOCABULARIES`): `goliath28` (28 body-part classes) and `lip20` (LIP/CIHP), each with
-names, palette colours, cross-entropy weights and left/right swaps.
+Vocabularies (`VOCABULARIES`): `goliath28` (28 body-part classes), `lip20` (LIP/CIHP) and `sapiens2_29`
+(Sapiens2's seg head: goliath28 with `Eyeglass` at 2), each with names, palette colours, cross-entropy weights
+and left/right swaps.
 """
 
 from __future__ import annotations
@@ -263,7 +264,37 @@ def _vocabularies() -> dict[str, Vocabulary]:
     lip_classes = tuple(
         SegClass(id=i, name=n, color=lip_palette[i], weight=w, flip=swaps["lip20"].get(i, i)) for i, n, w in lip
     )
-    return {"goliath28": Vocabulary("goliath28", goliath_classes), "lip20": Vocabulary("lip20", lip_classes)}
+    return {
+        "goliath28": Vocabulary("goliath28", goliath_classes),
+        "lip20": Vocabulary("lip20", lip_classes),
+        "sapiens2_29": _sapiens2_vocabulary(goliath_classes),
+    }
+
+
+# Sapiens2's 29 segmentation classes in its logits' order (facebookresearch/sapiens2 docs/SEG.md; the hub
+# configs' id2label). Every class but Eyeglass is a goliath28 class and keeps its colour, CE weight and mirror;
+# Eyeglass (symmetric) gets its own colour and the weight of goliath28's small classes (ours, not Meta's).
+SAPIENS2_29_NAMES: tuple[str, ...] = (
+    "Background", "Apparel", "Eyeglass", "Face_Neck", "Hair", "Left_Foot", "Left_Hand", "Left_Lower_Arm",
+    "Left_Lower_Leg", "Left_Shoe", "Left_Sock", "Left_Upper_Arm", "Left_Upper_Leg", "Lower_Clothing", "Right_Foot",
+    "Right_Hand", "Right_Lower_Arm", "Right_Lower_Leg", "Right_Shoe", "Right_Sock", "Right_Upper_Arm",
+    "Right_Upper_Leg", "Torso", "Upper_Clothing", "Lower_Lip", "Upper_Lip", "Lower_Teeth", "Upper_Teeth", "Tongue",
+)  # fmt: skip
+_EYEGLASS = SegClass(id=2, name="Eyeglass", color=(255, 255, 128), weight=10.0, flip=2)
+
+
+def _sapiens2_vocabulary(goliath: tuple[SegClass, ...]) -> Vocabulary:
+    by_name = {c.name: c for c in goliath}
+    index = {n: i for i, n in enumerate(SAPIENS2_29_NAMES)}
+    classes = []
+    for i, name in enumerate(SAPIENS2_29_NAMES):
+        if name == _EYEGLASS.name:
+            classes.append(_EYEGLASS)
+            continue
+        src = by_name[name]
+        mirror = index[goliath[src.flip].name]
+        classes.append(SegClass(id=i, name=name, color=src.color, weight=src.weight, flip=mirror))
+    return Vocabulary("sapiens2_29", tuple(classes))
 
 
 def _lip_palette(n: int) -> list[tuple[int, int, int]]:
@@ -281,8 +312,8 @@ def _lip_palette(n: int) -> list[tuple[int, int, int]]:
     return colors
 
 
-VOCABULARY_NAMES: tuple[str, ...] = ("goliath28", "lip20")
-VocabularyName = Literal["goliath28", "lip20"]
+VOCABULARY_NAMES: tuple[str, ...] = ("goliath28", "lip20", "sapiens2_29")
+VocabularyName = Literal["goliath28", "lip20", "sapiens2_29"]
 
 
 def vocabulary(name: str) -> Vocabulary:

@@ -47,9 +47,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_export)
 
     p = sub.add_parser(
-        "convert-sapiens", help="convert Meta's released Sapiens v1 weights (backbone, pose, seg, depth, normal)"
+        "convert-sapiens",
+        help="convert Meta's released Sapiens v1 (.pth) or Sapiens2 (save_pretrained folder) weights",
     )
-    p.add_argument("checkpoint", help="a Sapiens v1 .pth (mmpretrain / mmpose / mmseg key names)")
+    p.add_argument(
+        "checkpoint",
+        help="a Sapiens v1 .pth (mmpretrain / mmpose / mmseg key names), or a Sapiens2 folder (config.json + "
+        "safetensors, as transformers' save_pretrained writes it)",
+    )
     p.add_argument("--out", required=True, help="the .safetensors file to write")
     p.add_argument("--arch", help="check the backbone against this arch (default: detected from its shapes)")
     p.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"), help="model input (default 1024 768)")
@@ -153,8 +158,24 @@ def _convert(args: argparse.Namespace) -> int:
 
     from data_engine.outputs import prepare_output_file
     from train.models.convert_sapiens import convert_checkpoint, load_checkpoint_file
+    from train.models.convert_sapiens2 import convert_sapiens2, is_sapiens2_checkpoint
     from train.models.weights import SPEC_KEY
 
+    if is_sapiens2_checkpoint(args.checkpoint):  # the family is told by the source itself: a config.json folder
+        if args.arch or args.img_size or args.patch_padding is not None or args.source_grid:
+            return _error(
+                "convert-sapiens",
+                ValueError(
+                    "a Sapiens2 folder takes its arch and size from config.json: "
+                    "drop --arch / --img-size / --patch-padding / --source-grid"
+                ),
+            )
+        try:
+            prepare_output_file(args.out, "--out")
+            print(convert_sapiens2(args.checkpoint, args.out, allow_unused=args.allow_unused))
+        except (FileNotFoundError, ValueError, RuntimeError) as e:
+            return _error("convert-sapiens", e)
+        return 0
     try:
         prepare_output_file(args.out, "--out")
         conv = convert_checkpoint(

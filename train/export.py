@@ -213,6 +213,10 @@ def load_into(model: nn.Module, path: str) -> None:
     target: nn.Module = model
     own = set(model.state_dict())
     if not own & set(state):
+        for prefix in ("backbone.", "encoder."):  # a backbone file in a model's layout (a converted Sapiens2 one)
+            if state and all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix) :]: v for k, v in state.items()}
+                break
         for attr in ("encoder", "backbone"):
             sub = getattr(model, attr, None)
             if isinstance(sub, nn.Module) and set(sub.state_dict()) & set(state):

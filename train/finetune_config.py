@@ -30,6 +30,7 @@ TaskMode = Enum("TaskMode", {**{t: t for t in TASK_NAMES}, "multi": "multi"}, ty
 class Vocabulary(str, Enum):
     goliath28 = "goliath28"
     lip20 = "lip20"
+    sapiens2_29 = "sapiens2_29"
 
 
 @dataclass
@@ -215,18 +216,28 @@ def _model_from_init(cfg: FinetuneConfig, path: str | None, overrides: Sequence[
     from train.models.weights import header_model_spec, resolve_weights_file
 
     try:
-        spec = header_model_spec(resolve_weights_file(cfg.init))
+        file = resolve_weights_file(cfg.init)
+        spec = header_model_spec(file)
     except (FileNotFoundError, SpecError):
         return {}  # the init check names a missing file; a bad spec surfaces when the init is loaded
-    if spec is None:
-        return {}
     explicit = _explicit_model_keys(path, overrides)
-    values = {
-        "arch": spec.arch,
-        "depth": spec.depth,
-        "backbone_options": dict(spec.backbone_options),
-        "head_options": {t: dict(o) for t, o in spec.head_options.items() if t in cfg.active_tasks},
-    }
+    if spec is not None:
+        values = {
+            "arch": spec.arch,
+            "depth": spec.depth,
+            "backbone_options": dict(spec.backbone_options),
+            "head_options": {t: dict(o) for t, o in spec.head_options.items() if t in cfg.active_tasks},
+        }
+    else:  # a converted backbone-only file (Sapiens2 pretrain) names its arch in a `backbone_spec` entry
+        from train.models.convert_sapiens2 import backbone_spec
+
+        try:
+            backbone = backbone_spec(file)
+        except Exception:  # a foreign torch file (.pth): no header to read
+            backbone = None
+        if not backbone:
+            return {}
+        values = {"arch": backbone.get("arch"), "backbone_options": dict(backbone.get("backbone_options") or {})}
     return {f"model.{k}": v for k, v in values.items() if k not in explicit and v not in (None, {})}
 
 

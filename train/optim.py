@@ -30,9 +30,10 @@ def _shape(p: torch.Tensor) -> tuple[int, ...]:
 
 
 def no_weight_decay(name: str, param: torch.Tensor) -> bool:
-    """Norm weights, biases (all 1-D), position embeddings and learned tokens are not decayed."""
+    """Norm weights, biases (all 1-D), position embeddings and learned tokens (cls, mask, registers) are not
+    decayed."""
     leaf = name.rsplit(".", 1)[-1]
-    return len(_shape(param)) <= 1 or "pos_embed" in leaf or leaf.endswith("token")
+    return len(_shape(param)) <= 1 or "pos_embed" in leaf or leaf.endswith(("token", "tokens"))
 
 
 def layer_id_fn(model: nn.Module) -> tuple[Callable[[str], int], int] | None:

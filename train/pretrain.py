@@ -16,6 +16,7 @@ import glob
 import os
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 from train.config import ConfigError, TrainConfig, load_config
 from train.data_pretrain import PretrainDataConfig, normalise, pretrain_batches
@@ -23,7 +24,7 @@ from train.data_pretrain import PretrainDataConfig, normalise, pretrain_batches
 
 @dataclass
 class MAEModelConfig:
-    arch: str = "tiny"  # a key of train.models.vit.ARCHS
+    arch: str = "tiny"  # a backbone arch (train.models.backbones): the ViT's (train.models.vit.ARCHS) or sapiens2_*
     img_size: list[int] = field(default_factory=lambda: [1024, 1024])  # H, W; Sapiens pretrains at 1024 x 1024
     depth: int | None = None  # override the arch's depth (small test models)
     mask_ratio: float = 0.75
@@ -33,6 +34,8 @@ class MAEModelConfig:
     decoder_heads: int = 16
     grad_checkpointing: bool = False
     init_weights: str | None = None  # a safetensors file (export-weights or convert-sapiens) to start from
+    # The arch's family options (a Sapiens2 config's backbone fields, the ViT's patch_padding), as a ModelSpec's.
+    backbone_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -42,11 +45,11 @@ class PretrainConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        from train.models.vit import ARCHS
+        from train.models.backbones import arch_names
 
         m = self.model
-        if m.arch not in ARCHS:
-            raise ConfigError(f"model.arch={m.arch!r} is unknown; choose one of {', '.join(ARCHS)}")
+        if m.arch not in arch_names():
+            raise ConfigError(f"model.arch={m.arch!r} is unknown; choose one of {', '.join(arch_names())}")
         if len(m.img_size) != 2 or any(v <= 0 or v % 16 for v in m.img_size):
             raise ConfigError(f"model.img_size must be [H, W], each a positive multiple of 16, got {list(m.img_size)}")
         if not 0 < m.mask_ratio < 1:
@@ -64,13 +67,12 @@ class PretrainConfig(TrainConfig):
 
 def build_mae(m: MAEModelConfig):
     """The MAE of a model config, with `init_weights` loaded (encoder keys strictly, decoder if present)."""
+    from train.models.backbones import build_backbone
     from train.models.mae import MAE, DecoderConfig
-    from train.models.vit import build_vit
 
-    overrides = {"grad_checkpointing": m.grad_checkpointing}
-    if m.depth is not None:
-        overrides["depth"] = m.depth
-    encoder = build_vit(m.arch, img_size=tuple(m.img_size), **overrides)
+    encoder = build_backbone(
+        m.arch, tuple(m.img_size), m.depth, grad_checkpointing=m.grad_checkpointing, **m.backbone_options
+    )
     model = MAE(encoder, DecoderConfig(m.decoder_dim, m.decoder_depth, m.decoder_heads), m.mask_ratio, m.norm_pix)
     if m.init_weights:
         from train.export import load_into
@@ -90,7 +92,7 @@ def run(cfg: PretrainConfig, out_dir: str):
     """Train in this process (one rank of a launched job, or a world of one)."""
     from train.engine import fit
     from train.models.mae import DecoderConfig, mae_flops
-    from train.models.vit import arch_config
+    from train.models.vit import ARCHS, arch_config
 
     def make_batches(rank: int, world: int, seed: int, start: int):
         return pretrain_batches(
@@ -105,8 +107,10 @@ def run(cfg: PretrainConfig, out_dir: str):
         )
 
     m = cfg.model
-    vit_cfg = arch_config(m.arch, m.img_size, **({"depth": m.depth} if m.depth else {}))
-    flops = mae_flops(vit_cfg, DecoderConfig(m.decoder_dim, m.decoder_depth, m.decoder_heads), m.mask_ratio)
+    flops = None  # MFU is reported for the ViT, whose FLOPs are counted (train.models.vit.vit_flops)
+    if m.arch in ARCHS:
+        vit_cfg = arch_config(m.arch, m.img_size, **({"depth": m.depth} if m.depth else {}), **m.backbone_options)
+        flops = mae_flops(vit_cfg, DecoderConfig(m.decoder_dim, m.decoder_depth, m.decoder_heads), m.mask_ratio)
     result = fit(lambda: build_mae(cfg.model), mae_loss, make_batches, cfg, out_dir, flops_per_sample=flops)
     if int(os.environ.get("RANK", "0")) == 0:
         bad = count_bad_samples(out_dir)

@@ -125,7 +125,7 @@ def test_two_cpu_processes_at_zero2_from_pretrain(tmp_path, shards, pretrain_run
         (["model.arch=huge"], "model.arch"),
         (["model.image_size=[60,48]"], "multiple of 16"),
         (["pose.keypoint_set=elbows"], "unknown keypoint subset"),
-        (["seg.vocabulary=pascal"], "expected one of [goliath28, lip20]"),
+        (["seg.vocabulary=pascal"], "expected one of [goliath28, lip20, sapiens2_29]"),
         (["data.shards=''"], "data.shards is empty"),
         (["data.shards=/nonexistent/*.tar"], "no shards match"),
         (["--init", "/nonexistent/run"], "no such weights file"),

@@ -64,7 +64,7 @@ def test_sigmas_positive_and_skeleton_valid() -> None:
     assert coco_links and all(a < 17 and b < 17 for a, b in coco_links)
 
 
-@pytest.mark.parametrize(("name", "count"), [("goliath28", 28), ("lip20", 20)])
+@pytest.mark.parametrize(("name", "count"), [("goliath28", 28), ("lip20", 20), ("sapiens2_29", 29)])
 def test_vocabularies(name: str, count: int) -> None:
     vocab = schema.vocabulary(name)
     assert len(vocab) == count

@@ -29,9 +29,22 @@ def _vit_archs() -> tuple[str, ...]:
     return tuple(ARCHS)
 
 
+def _sapiens2(arch: str, img_size: Sequence[int], **kwargs: Any) -> nn.Module:
+    from train.models.sapiens2 import build_sapiens2
+
+    return build_sapiens2(arch, img_size, **kwargs)
+
+
+def _sapiens2_archs() -> tuple[str, ...]:
+    from train.models.sapiens2 import arch_names
+
+    return arch_names()
+
+
 # family -> (its arch names, its builder(arch, img_size, depth=..., drop_path=..., grad_checkpointing=..., **options))
 FAMILIES: dict[str, tuple[Callable[[], tuple[str, ...]], Callable[..., nn.Module]]] = {
     "vit": (_vit_archs, _vit),
+    "sapiens2": (_sapiens2_archs, _sapiens2),
 }
 
 

@@ -70,7 +70,17 @@ def _sapiens_v1_head(*args, **options) -> nn.Module:
 
 # style -> builder(task, in_channels, out_channels, channels, **options): other head families (converted
 # checkpoints' heads) register here; a ModelSpec's `head_options[task]["style"]` picks one.
-HEAD_STYLES: dict[str, Callable[..., nn.Module]] = {"humanvision": _default_head, "sapiens_v1": _sapiens_v1_head}
+def _sapiens2_head(task: Task, in_channels: int, out_channels: int, channels: int | None, **options) -> nn.Module:
+    from train.models.sapiens2 import build_sapiens2_head
+
+    return build_sapiens2_head(task, in_channels, out_channels, channels, **options)
+
+
+HEAD_STYLES: dict[str, Callable[..., nn.Module]] = {
+    "humanvision": _default_head,
+    "sapiens_v1": _sapiens_v1_head,
+    "sapiens2": _sapiens2_head,
+}
 
 
 def build_head(

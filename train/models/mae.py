@@ -74,7 +74,9 @@ class MAE(nn.Module):
         grid = encoder.grid
         # The encoder's position embedding stays the fixed 2-D sin-cos table while pretraining (MAE, Sapiens):
         # frozen here, so no optimizer group holds it; fine-tuning (a FinetuneModel) learns it from there.
-        encoder.pos_embed.requires_grad_(False)
+        # Encoders without one (Sapiens2: RoPE) have nothing to freeze.
+        if getattr(encoder, "pos_embed", None) is not None:
+            encoder.pos_embed.requires_grad_(False)
         self.decoder_embed = nn.Linear(encoder.embed_dim, decoder.dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder.dim))
         # Fixed (not learned) as in MAE: the decoder only needs to know where a token sits.
@@ -121,7 +123,8 @@ class MAE(nn.Module):
         if noise is None:
             noise = torch.rand(b, n, device=images.device)
         ids_keep, ids_restore, mask = random_masking(noise, self.mask_ratio)
-        latent = self.encoder(images, ids_keep=ids_keep)  # (B, L_keep, C)
+        latent = self.encoder(images, ids_keep=ids_keep)  # (B, L_keep, C), after any cls / register tokens
+        latent = latent[:, getattr(self.encoder, "num_prefix_tokens", 0) :]
         pred = self.forward_decoder(latent, ids_restore)  # (B, L, p*p*3)
         return self.forward_loss(images, pred, mask), pred, mask
 
