@@ -92,6 +92,10 @@ class OutputFS:
         scheme = self.root.split("://", 1)[0]
         return f"{scheme}://{self.path(rel)}" + (f"?{self.query}" if self.query else "")
 
+    def sub(self, rel: str) -> OutputFS:
+        """The folder `rel` under this one, on the same file system."""
+        return OutputFS(root=self.uri(rel), base=self.path(rel), filesystem=self.filesystem, query=self.query)
+
     # ----------------------------------------------------------------------------------------------- reading
 
     def exists(self, rel: str) -> bool:
