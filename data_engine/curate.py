@@ -4,8 +4,9 @@ global dedup (driver) -> shard members (driver threads; Ray tasks for re-encodes
 
     hv curate photos/ more/*.jpg list.parquet --out runs/curated --detector none
     hv curate s3://bucket/raw/ --out /mnt/shared/curated --ray-address auto detector.concurrency=8
+    hv curate photos/ --out s3://bucket/curated          # credentials from AWS_ACCESS_KEY_ID/... or AWS_PROFILE
 
-Output folder:
+Output folder (a local folder, or any pyarrow.fs URI: data_engine/output_fs.py):
     shards/curated-000000.tar ...   accepted samples (the sample contract: jpg|png + json)
     manifest.parquet                one row per input ever seen: accepted / rejected / duplicate, with reason
     stats.json                      counts by status and reason, files skipped by extension, this run's images/s
@@ -13,11 +14,11 @@ Output folder:
     config.yaml                     the resolved config
     state/                          checkpoints that make a re-run resume (see below)
 
-Resume. Every state file is written whole or not at all (temporary name, then rename), and each phase only
-adds what the files do not already record:
+Resume. Every file is written whole or not at all (locally a temporary name, then a rename; on an object store
+an upload under the final name once complete), and each phase only adds what the files do not already record:
     state/analysis/part-*.parquet   analysis rows, `checkpoint_rows` at a time; a re-run skips those URIs
     state/decisions/part-*.parquet  keep / duplicate / reject per analysed URI, written once per run
-    state/written/<shard>.parquet   the URIs inside each complete shard (a shard renamed just before a kill
+    state/written/<shard>.parquet   the URIs inside each complete shard (a shard committed just before a kill
                                     is found on restart and its part rebuilt from the tar's keys)
 So a kill -9 at any point costs at most one checkpoint of analysis and one shard of writing, and loses or
 repeats no sample. New inputs on an existing folder are analysed and deduplicated against everything there.
