@@ -191,3 +191,21 @@ def test_bad_s3_output_is_one_line_exit_2(s3, corpus, case):
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"hv curate: --out {uri}: ") and expected in lines[0], lines
+
+
+def test_a_failed_write_leaves_no_object(s3):
+    """An exception while an object or a shard is being written publishes nothing under its final name."""
+    from data_engine.output_fs import OutputFS
+    from data_engine.shards import ShardWriter
+
+    filesystem, bucket = _bucket(s3)
+    out = OutputFS.open(_uri(s3, f"{bucket}/out"))
+    with pytest.raises(RuntimeError), out.open_atomic("state/part-000000.parquet") as f:
+        f.write(b"half of it")
+        raise RuntimeError("killed mid-write")
+    with pytest.raises(RuntimeError), ShardWriter("curated", max_count=2, output=out.sub("shards")) as writer:
+        for i in range(3):  # one complete shard, then a failure inside the second
+            writer.write({"__key__": f"k{i}", "txt": b"x" * 100})
+        raise RuntimeError("killed mid-shard")
+    assert sorted(_objects(filesystem, f"{bucket}/out")) == ["shards/curated-000000.tar"]
+    assert [m["__key__"] for m in iter_members(out.uri("shards/curated-000000.tar"))] == ["k0", "k1"]
