@@ -17,7 +17,7 @@ from typing import Any
 
 from data_engine.output_fs import AtomicFile, OutputFS
 from data_engine.sample import Sample, SampleError, encode
-from data_engine.shard_paths import SHARD_NAME_RE, TMP_MARK, is_uri
+from data_engine.shard_paths import SHARD_NAME_RE, TMP_MARK, is_uri, local_path
 
 
 @dataclass
@@ -57,6 +57,8 @@ class ShardWriter:
     ) -> None:
         if max_count < 1 or max_bytes < 1:
             raise ValueError("max_count and max_bytes must be positive")
+        # A local prefix names its shards as given (relative stays relative), anything else by its URI.
+        self._local_prefix = None if output is not None or is_uri(prefix) else local_path(prefix)
         if output is None:
             output, prefix = _split_prefix(prefix)
         self.output = output
@@ -90,7 +92,8 @@ class ShardWriter:
         name = self._name(self.index)
         self._file = self.output.begin(name)
         self._tar = _TarStream(self._file.stream)
-        self._current = ShardInfo(path=self.output.uri(name), count=0, bytes=0)
+        path = f"{self._local_prefix}-{self.index:06d}.tar" if self._local_prefix else self.output.uri(name)
+        self._current = ShardInfo(path=path, count=0, bytes=0)
 
     def write(self, sample: Sample | dict[str, Any]) -> str:
         """Encode (if a Sample) and append one sample; returns the final path of the shard it lands in.
@@ -155,7 +158,7 @@ def _split_prefix(prefix: str) -> tuple[OutputFS, str]:
         address, _, query = prefix.partition("?")
         folder, _, name = address.rpartition("/")
         return OutputFS.open(folder + (f"?{query}" if query else "")), name
-    folder, name = os.path.split(prefix[len("file://") :] if prefix.startswith("file://") else prefix)
+    folder, name = os.path.split(local_path(prefix))
     return OutputFS.open(folder or "."), name
 
 
