@@ -40,4 +40,4 @@ gpu-check: setup
 	DS_ACCELERATOR=cuda $(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
-	rm -rf $(VENV) .venv-ls .pytest_cache .ruff_cache runs
+	rm -rf $(VENV) .venv-ls .venv-moto .pytest_cache .ruff_cache runs

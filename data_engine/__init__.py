@@ -5,6 +5,8 @@
   `sample_types`, its member codecs in `sample_codecs`.
 - `shards`: atomic WebDataset shard writing and streaming reading with a bad-sample policy (`BadSamplePolicy`),
   over `shard_paths` (paths, URIs, expansion), `shard_writer` and `shard_reader`.
+- `output_fs`: an output folder, local or any `pyarrow.fs` URI (s3://), whose every write is all-or-nothing under its
+  final name (the shard writer and `hv curate` write through it).
 - `config`: every stage's config loading (`load_config`, `save_config`) and its one `ConfigError`.
 - `manifest`: the Parquet manifest, one row per input ever seen.
 - the curation DAG behind `hv curate` (Ray Data): decode, validate, quality and person filters,

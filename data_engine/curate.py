@@ -4,8 +4,9 @@ global dedup (driver) -> shard members (driver threads; Ray tasks for re-encodes
 
     hv curate photos/ more/*.jpg list.parquet --out runs/curated --detector none
     hv curate s3://bucket/raw/ --out /mnt/shared/curated --ray-address auto detector.concurrency=8
+    hv curate photos/ --out s3://bucket/curated          # credentials from AWS_ACCESS_KEY_ID/... or AWS_PROFILE
 
-Output folder:
+Output folder (a local folder, or any pyarrow.fs URI: data_engine/output_fs.py):
     shards/curated-000000.tar ...   accepted samples (the sample contract: jpg|png + json)
     manifest.parquet                one row per input ever seen: accepted / rejected / duplicate, with reason
     stats.json                      counts by status and reason, files skipped by extension, this run's images/s
@@ -13,11 +14,11 @@ Output folder:
     config.yaml                     the resolved config
     state/                          checkpoints that make a re-run resume (see below)
 
-Resume. Every state file is written whole or not at all (temporary name, then rename), and each phase only
-adds what the files do not already record:
+Resume. Every file is written whole or not at all (locally a temporary name, then a rename; on an object store
+an upload under the final name once complete), and each phase only adds what the files do not already record:
     state/analysis/part-*.parquet   analysis rows, `checkpoint_rows` at a time; a re-run skips those URIs
     state/decisions/part-*.parquet  keep / duplicate / reject per analysed URI, written once per run
-    state/written/<shard>.parquet   the URIs inside each complete shard (a shard renamed just before a kill
+    state/written/<shard>.parquet   the URIs inside each complete shard (a shard committed just before a kill
                                     is found on restart and its part rebuilt from the tar's keys)
 So a kill -9 at any point costs at most one checkpoint of analysis and one shard of writing, and loses or
 repeats no sample. New inputs on an existing folder are analysed and deduplicated against everything there.
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 import time
 from collections import Counter
@@ -57,12 +57,11 @@ from data_engine.curate_state import (
     maybe_hold,
     maybe_kill,
     reconcile_shards,
-    write_text_atomic,
     written_uris,
 )
 from data_engine.dedup import Candidate, decide
 from data_engine.inputs import ListingStats, check_inputs, iter_uris
-from data_engine.manifest import write_table_atomic
+from data_engine.output_fs import OutputFS
 
 # Every curated image is stored under one member name, whatever its bytes (JPEG or PNG, kept as received):
 # column-typed readers (Hugging Face `datasets`, Ray Data's default decoder) refuse shards that mix `jpg` and
@@ -212,17 +211,19 @@ def write_phase(cfg: CurateConfig, state: State, ensure_ray: Callable[[], None],
 
     def on_shard(info) -> None:
         maybe_kill("shard_renamed", kills)
-        name = os.path.basename(info.path)
-        rows = [dict(unshelved.pop(key), shard=f"shards/{name}") for key in info.keys]
-        write_table_atomic(pa.Table.from_pylist(rows + errors, schema=WRITTEN_SCHEMA), state.shard_part(name))
+        name = info.path.partition("?")[0].rsplit("/", 1)[-1]
+        rows = [dict(unshelved.pop(key), shard=f"{state.shards}/{name}") for key in info.keys]
+        state.out.write_table(state.shard_part(name), pa.Table.from_pylist(rows + errors, schema=WRITTEN_SCHEMA))
         errors.clear()
 
     progress = _Progress(cfg.progress, "write")
     written = 0
-    prefix = os.path.join(state.shards, SHARD_PREFIX)
+    shards_folder = state.out.sub(state.shards)
     pool = ThreadPoolExecutor(cfg.write_threads, thread_name_prefix="hv-curate-read")
     try:
-        with ShardWriter(prefix, cfg.shard_max_count, cfg.shard_max_bytes, on_shard=on_shard) as writer:
+        with ShardWriter(
+            SHARD_PREFIX, cfg.shard_max_count, cfg.shard_max_bytes, on_shard=on_shard, output=shards_folder
+        ) as writer:
             for records in _pending_records(state, todo, cfg.chunk_size):
                 for row in shard_members(records, cfg, ensure_ray, pool):
                     if row.get("error"):
@@ -259,12 +260,10 @@ def _pending_records(state: State, todo: set[str], chunk_size: int) -> Iterator[
 def run_curate(cfg: CurateConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume, or only report) the whole job; returns the stats written to stats.json."""
     started = time.perf_counter()
-    out = os.path.abspath(cfg.out[len("file://") :] if cfg.out.startswith("file://") else cfg.out)
+    out = OutputFS.open(cfg.out)
     check_output_folder(out, create=False)
-    config_path = os.path.join(out, "config.yaml")
-    if os.path.exists(config_path):
-        with open(config_path, encoding="utf-8") as f:
-            check_same_policy(f.read(), cfg)
+    if out.exists("config.yaml"):
+        check_same_policy(out.read_bytes("config.yaml").decode("utf-8"), cfg)
     check_inputs(cfg.inputs)
     if cfg.detector.name != DetectorName.none:
         from data_engine.detect import build_detector
@@ -273,7 +272,7 @@ def run_curate(cfg: CurateConfig, log: Callable[[str], None] = print) -> dict[st
         # instead of inside a Ray actor after the job has started.
         build_detector(cfg.detector).detect([np.zeros((160, 120, 3), np.uint8)])
     check_output_folder(out, create=True)  # only now: a job refused above leaves no empty folder behind
-    write_text_atomic(config_path, to_yaml(cfg))
+    out.write_bytes("config.yaml", to_yaml(cfg).encode("utf-8"))
     state = State(out)
     kills: Counter[str] = Counter()
     report = RunReport()
@@ -296,10 +295,10 @@ def run_curate(cfg: CurateConfig, log: Callable[[str], None] = print) -> dict[st
         report.written = write_phase(cfg, state, ensure_ray, kills)
         report.phase_seconds["write"] = time.perf_counter() - t
     t = time.perf_counter()
-    counts = build_manifest(state, os.path.join(out, "manifest.parquet"))
+    counts = build_manifest(state, "manifest.parquet")
     report.phase_seconds["manifest"] = time.perf_counter() - t
     seconds = time.perf_counter() - started
-    shards = sorted(n for n in os.listdir(state.shards) if n.endswith(".tar") and not n.startswith("."))
+    shards = state.shard_names()
     stats = {
         "inputs": sum(counts["status"].values()),
         "status": {s: counts["status"].get(s, 0) for s in manifest_lib.STATUSES},
@@ -320,6 +319,6 @@ def run_curate(cfg: CurateConfig, log: Callable[[str], None] = print) -> dict[st
     }
     if counts["unfinished"]:
         raise CurateError(f"{counts['unfinished']} inputs were analysed but not finished; re-run the same command")
-    write_text_atomic(os.path.join(out, "stats.json"), json.dumps(stats, indent=2) + "\n")
-    log(summary_text(stats, out))
+    out.write_bytes("stats.json", (json.dumps(stats, indent=2) + "\n").encode("utf-8"))
+    log(summary_text(stats, out.display))
     return stats

@@ -2,6 +2,7 @@
 
     hv curate photos/ 'more/**/*.jpg' list.parquet --out runs/curated --detector none
     hv curate photos/ --out runs/curated --config configs/curate/default.yaml quality.min_short_side=512
+    hv curate photos/ --out s3://bucket/curated     # credentials: AWS_ACCESS_KEY_ID/..., AWS_PROFILE or a role
     hv curate s3://bucket/raw/ --out /mnt/shared/curated --ray-address auto --detector onnx \\
         detector.weights=/mnt/models/person.onnx detector.concurrency=8 detector.num_gpus=1
 
@@ -20,7 +21,12 @@ _OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=")
 
 
 def _add_options(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument("--out", required=required, metavar="DIR", help="output folder (created; re-use it to resume)")
+    p.add_argument(
+        "--out",
+        required=required,
+        metavar="DIR",
+        help="output folder or URI, e.g. s3://bucket/curated (created; re-use it to resume)",
+    )
     p.add_argument("--detector", choices=("none", "hog", "onnx"), default=None, help="person detector (default hog)")
     p.add_argument("--config", default=None, metavar="FILE", help="YAML config (see configs/curate/)")
     p.add_argument("--ray-address", default=None, metavar="ADDR", help="join this Ray cluster instead of a local one")

@@ -161,8 +161,6 @@ def check_config(cfg: CurateConfig) -> None:
         raise ConfigError("no inputs given")
     if not cfg.out:
         raise ConfigError("--out DIR is required")
-    if "://" in cfg.out and not cfg.out.startswith("file://"):
-        raise ConfigError(f"--out {cfg.out!r}: the output folder must be a local or mounted path (inputs may be URIs)")
     q = cfg.quality
     if q.min_aspect <= 0 or q.max_aspect < q.min_aspect:
         raise ConfigError(

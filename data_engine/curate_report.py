@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from typing import Any
 
@@ -15,8 +14,9 @@ from data_engine.decode import reason_code
 from data_engine.manifest import MANIFEST_SCHEMA
 
 
-def build_manifest(state: State, out_path: str) -> dict[str, Any]:
-    """Join analysis, decisions and shards into manifest.parquet (streamed, atomic); returns the counts."""
+def build_manifest(state: State, rel: str) -> dict[str, Any]:
+    """Join analysis, decisions and shards into `rel` (manifest.parquet under the output folder; streamed, written
+    whole or not at all); returns the counts."""
     decisions: dict[str, tuple[str, str | None, str | None]] = {}
     for t in state.read(state.decisions, DECISION_SCHEMA):
         for r in t.to_pylist():
@@ -29,35 +29,29 @@ def build_manifest(state: State, out_path: str) -> dict[str, Any]:
     by_reason: Counter[str] = Counter()
     undecided = 0
     seen: set[str] = set()
-    tmp = os.path.join(os.path.dirname(out_path), f".{os.path.basename(out_path)}.tmp-{os.getpid()}")
-    try:
-        with pq.ParquetWriter(tmp, MANIFEST_SCHEMA) as writer:
-            for table in state.read(state.analysis, ANALYSIS_SCHEMA):
-                rows = []
-                for r in table.to_pylist():
-                    if r["uri"] in seen:
-                        continue
-                    seen.add(r["uri"])
-                    decision = decisions.get(r["uri"])
-                    shard, error = written.get(r["uri"], (None, None))
-                    if decision is None or (decision[0] == "accepted" and shard is None and error is None):
-                        undecided += 1
-                        continue
-                    status, reason, duplicate_of = decision
-                    if error is not None:
-                        status, reason = "rejected", error
-                    row = {c: r.get(c) for c in manifest_lib.COLUMNS if c in r}
-                    row.update(status=status, reason=reason, duplicate_of=duplicate_of, shard=shard)
-                    rows.append(row)
-                    by_status[status] += 1
-                    if reason is not None:
-                        by_reason[reason_code(reason)] += 1
-                if rows:
-                    writer.write_table(manifest_lib.to_table(rows))
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with state.out.open_atomic(rel) as stream, pq.ParquetWriter(stream, MANIFEST_SCHEMA) as writer:
+        for table in state.read(state.analysis, ANALYSIS_SCHEMA):
+            rows = []
+            for r in table.to_pylist():
+                if r["uri"] in seen:
+                    continue
+                seen.add(r["uri"])
+                decision = decisions.get(r["uri"])
+                shard, error = written.get(r["uri"], (None, None))
+                if decision is None or (decision[0] == "accepted" and shard is None and error is None):
+                    undecided += 1
+                    continue
+                status, reason, duplicate_of = decision
+                if error is not None:
+                    status, reason = "rejected", error
+                row = {c: r.get(c) for c in manifest_lib.COLUMNS if c in r}
+                row.update(status=status, reason=reason, duplicate_of=duplicate_of, shard=shard)
+                rows.append(row)
+                by_status[status] += 1
+                if reason is not None:
+                    by_reason[reason_code(reason)] += 1
+            if rows:
+                writer.write_table(manifest_lib.to_table(rows))
     return {"status": dict(by_status), "reason": dict(sorted(by_reason.items())), "unfinished": undecided}
 
 

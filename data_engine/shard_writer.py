@@ -1,23 +1,23 @@
 """Atomic WebDataset shard writing: `ShardWriter` streams samples into `{prefix}-{000000}.tar` shards.
 
-Each shard is written to a hidden temporary beside its final name and renamed once complete, so a killed job never
-leaves a half shard under a final name; a writer restarted on the same folder deletes stale temporaries and numbers
-its new shards after the existing complete ones.
+Each shard is written to a hidden temporary beside its final name and renamed once complete (on an object store:
+spooled locally and uploaded under its final name once complete, see data_engine/output_fs.py), so a killed job
+never leaves a half shard under a final name; a writer restarted on the same folder deletes stale temporaries and
+numbers its new shards after the existing complete ones.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import tarfile
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from data_engine.output_fs import AtomicFile, OutputFS
 from data_engine.sample import Sample, SampleError, encode
-from data_engine.shard_paths import SHARD_NAME_RE, TMP_MARK, is_uri, local_path, split_uri
+from data_engine.shard_paths import SHARD_NAME_RE, TMP_MARK, is_uri, local_path
 
 
 @dataclass
@@ -31,7 +31,8 @@ class ShardInfo:
 class ShardWriter:
     """Write samples into `{prefix}-{000000}.tar` shards, each closed at `max_count` samples or `max_bytes`.
 
-    Each shard is streamed into `.{name}.tmp-{random}` beside its final name and renamed when complete.
+    Each shard is streamed into `.{name}.tmp-{random}` beside its final name and renamed when complete (an object
+    store gets it in one upload under its final name once complete).
     WebDataset's own ShardWriter is not used because on an exception it closes (and names) the partial
     shard, and it opens an empty shard before the first sample; `_TarStream` writes the same tar layout.
 
@@ -41,6 +42,8 @@ class ShardWriter:
 
     On an exception inside the `with` block the current temporary is deleted and nothing is renamed.
     `on_shard` is called with each completed ShardInfo (for per-shard stats or manifests).
+    `prefix` is a local path or a URI (s3://bucket/x/curated?endpoint_override=...), or, with `output`, a name
+    inside that folder.
     """
 
     def __init__(
@@ -50,70 +53,47 @@ class ShardWriter:
         max_bytes: int = 1 << 30,
         on_shard: Callable[[ShardInfo], None] | None = None,
         start_index: int | None = None,
+        output: OutputFS | None = None,
     ) -> None:
         if max_count < 1 or max_bytes < 1:
             raise ValueError("max_count and max_bytes must be positive")
-        self.prefix = local_path(prefix)
+        # A local prefix names its shards as given (relative stays relative), anything else by its URI.
+        self._local_prefix = None if output is not None or is_uri(prefix) else local_path(prefix)
+        if output is None:
+            output, prefix = _split_prefix(prefix)
+        self.output = output
+        self.base = prefix
         self.max_count = max_count
         self.max_bytes = max_bytes
         self.on_shard = on_shard
         self.shards: list[ShardInfo] = []
-        self._remote = is_uri(self.prefix)
         self._tar: Any = None
-        self._stream: Any = None
-        self._tmp_path = ""
+        self._file: AtomicFile | None = None
         self._current: ShardInfo | None = None
-        if self._remote:
-            self._filesystem, self._inner_prefix = split_uri(self.prefix)
-        else:
-            os.makedirs(os.path.dirname(os.path.abspath(self.prefix)), exist_ok=True)
+        self.output.makedirs()
         self.index = self._recover() if start_index is None else start_index
 
     # Restart: remove stale temporaries, continue numbering after the complete shards.
     def _recover(self) -> int:
-        if self._remote:
-            return self._recover_remote()
-        folder = os.path.dirname(os.path.abspath(self.prefix))
-        base = os.path.basename(self.prefix)
         last = -1
-        for name in os.listdir(folder):
-            if name.startswith(f".{base}-") and TMP_MARK in name:
-                os.remove(os.path.join(folder, name))
+        for name in self.output.list(""):
+            if name.startswith(f".{self.base}-") and TMP_MARK in name:
+                self.output.delete(name)
                 continue
             m = SHARD_NAME_RE.match(name)
-            if m and m.group("prefix") == base:
+            if m and m.group("prefix") == self.base:
                 last = max(last, int(m.group("num")))
         return last + 1
 
-    def _recover_remote(self) -> int:
-        from pyarrow import fs
-
-        folder, base = self._inner_prefix.rsplit("/", 1)
-        last = -1
-        infos = self._filesystem.get_file_info(fs.FileSelector(folder, allow_not_found=True))
-        for info in infos:
-            name = info.base_name
-            if name.startswith(f".{base}-") and TMP_MARK in name:
-                self._filesystem.delete_file(info.path)
-                continue
-            m = SHARD_NAME_RE.match(name)
-            if m and m.group("prefix") == base:
-                last = max(last, int(m.group("num")))
-        return last + 1
-
-    def _final_path(self, index: int) -> str:
-        return f"{self.prefix}-{index:06d}.tar"
+    def _name(self, index: int) -> str:
+        return f"{self.base}-{index:06d}.tar"
 
     def _open(self) -> None:
-        final = self._final_path(self.index)
-        folder, name = os.path.split(final)
-        self._tmp_path = os.path.join(folder, f".{name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
-        if self._remote:
-            self._stream = self._filesystem.open_output_stream(split_uri(self._tmp_path)[1])
-        else:
-            self._stream = open(self._tmp_path, "wb")  # noqa: SIM115 (closed by _finish or abort)
-        self._tar = _TarStream(self._stream)
-        self._current = ShardInfo(path=final, count=0, bytes=0)
+        name = self._name(self.index)
+        self._file = self.output.begin(name)
+        self._tar = _TarStream(self._file.stream)
+        path = f"{self._local_prefix}-{self.index:06d}.tar" if self._local_prefix else self.output.uri(name)
+        self._current = ShardInfo(path=path, count=0, bytes=0)
 
     def write(self, sample: Sample | dict[str, Any]) -> str:
         """Encode (if a Sample) and append one sample; returns the final path of the shard it lands in.
@@ -143,32 +123,20 @@ class ShardWriter:
     def _finish(self) -> None:
         if self._tar is None:
             return
-        assert self._current is not None
+        assert self._current is not None and self._file is not None
         self._tar.close()  # closes the underlying stream too (and fails here if the last bytes cannot be written)
-        if self._remote:
-            self._filesystem.move(split_uri(self._tmp_path)[1], split_uri(self._current.path)[1])
-        else:
-            with open(self._tmp_path, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(self._tmp_path, self._current.path)
+        self._file.commit()
         self.shards.append(self._current)
-        info, self._current, self._tar, self._stream = self._current, None, None, None
+        info, self._current, self._tar, self._file = self._current, None, None, None
         self.index += 1
         if self.on_shard is not None:
             self.on_shard(info)
 
     def abort(self) -> None:
         """Drop the shard being written; complete shards stay."""
-        if self._tar is None:
-            return
-        # The stream may be what failed (disk full): deleting the temporary is all that matters.
-        with contextlib.suppress(Exception):
-            self._tar.close()
-        if self._remote:
-            self._filesystem.delete_file(split_uri(self._tmp_path)[1])
-        elif os.path.exists(self._tmp_path):
-            os.remove(self._tmp_path)
-        self._tar = self._stream = self._current = None
+        if self._file is not None:
+            self._file.discard()
+        self._tar = self._file = self._current = None
 
     def close(self) -> list[ShardInfo]:
         self._finish()
@@ -182,6 +150,16 @@ class ShardWriter:
             self.close()
         else:
             self.abort()
+
+
+def _split_prefix(prefix: str) -> tuple[OutputFS, str]:
+    """`folder/name` (or `scheme://bucket/folder/name?query`) -> (the folder, name)."""
+    if is_uri(prefix):
+        address, _, query = prefix.partition("?")
+        folder, _, name = address.rpartition("/")
+        return OutputFS.open(folder + (f"?{query}" if query else "")), name
+    folder, name = os.path.split(local_path(prefix))
+    return OutputFS.open(folder or "."), name
 
 
 class _TarStream:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Idempotent set-up: Debian packages, the project venv (torch first), the Label Studio venv.
+# Idempotent set-up: Debian packages, the project venv (torch first), the Label Studio venv, the moto venv.
 # Quick when already done: each step checks before it installs. Called by `make setup`.
 set -euo pipefail
 
@@ -9,6 +9,9 @@ VENV=${VENV:-.venv}
 LS_VENV=${LS_VENV:-.venv-ls}
 LS_VERSION=${LS_VERSION:-1.23.2}
 WITH_LABEL_STUDIO=${WITH_LABEL_STUDIO:-1}
+MOTO_VENV=${MOTO_VENV:-.venv-moto}
+MOTO_SPEC=${MOTO_SPEC:-moto[server]==5.2.5}
+WITH_MOTO=${WITH_MOTO:-1}
 
 # Headless EGL rendering (pyrender on Mesa's software renderer) needs the GL libraries; the demo's test
 # opens the HTML report in headless Chromium.
@@ -58,4 +61,15 @@ if [ "$WITH_LABEL_STUDIO" = "1" ] && [ "$(cat "$LS_VENV/.hv-stamp" 2>/dev/null)"
   quiet_pip "$LS_VENV/bin/pip" install -q "label-studio==$LS_VERSION"
   echo "$LS_VERSION" > "$LS_VENV/.hv-stamp"
   echo "setup: $LS_VENV ready"
+fi
+
+# A local S3 server (moto_server) for the object-storage tests of `hv curate --out s3://...`: its own venv, so
+# its dependencies (boto3, Flask, pydantic, ...) do not move the project's pins.
+if [ "$WITH_MOTO" = "1" ] && [ "$(cat "$MOTO_VENV/.hv-stamp" 2>/dev/null)" != "$MOTO_SPEC" ]; then
+  echo "setup: creating $MOTO_VENV ($MOTO_SPEC)"
+  [ -x "$MOTO_VENV/bin/python" ] || "$PYTHON" -m venv "$MOTO_VENV"
+  quiet_pip "$MOTO_VENV/bin/pip" install -q --upgrade pip
+  quiet_pip "$MOTO_VENV/bin/pip" install -q "$MOTO_SPEC"
+  echo "$MOTO_SPEC" > "$MOTO_VENV/.hv-stamp"
+  echo "setup: $MOTO_VENV ready"
 fi

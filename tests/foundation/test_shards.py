@@ -89,7 +89,7 @@ def test_failing_stream_mid_write_leaves_no_final_name(tmp_path: Path) -> None:
     def broken_write(data: bytes) -> int:
         raise OSError(28, "No space left on device")
 
-    writer._stream.write = broken_write  # the file object under the tar writer
+    writer._file.stream.write = broken_write  # the file object under the tar writer
     with pytest.raises(OSError, match="No space"):
         writer.write(make_samples(2)[1])
     writer.abort()
