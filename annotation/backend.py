@@ -12,7 +12,8 @@ counted). The model side is annotation/backend_model.py.
 With `loop.loop_after=N` (and `--loop-project`, `--loop-out`), every N annotation events (ANNOTATION_CREATED /
 UPDATED, from a Label Studio webhook pointed at `/webhook`) start one `hv annotate loop` cycle in a background
 thread (`LoopTrigger`); one runs at a time, and a trigger that comes while one runs is counted in
-`while_running`, not started. When a cycle finishes, the backend serves its new model.
+`while_running`, not started. With `--loop-out` the backend follows that loop folder (`LoopFollower`): it
+serves the newest finished cycle's model, whether the cycle ran here or as `hv annotate loop` elsewhere.
 
 Why Werkzeug and not `label-studio-ml`: its current PyPI release (1.0.9) pins Flask 1.1 / Werkzeug 2.0 /
 Jinja2 3.0 and would downgrade the project's Werkzeug and Jinja2; Werkzeug (the Pallets WSGI toolkit under
@@ -27,7 +28,9 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 from werkzeug.exceptions import HTTPException
@@ -35,6 +38,7 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from annotation.backend_model import BackendModel, BackendRequestError
+from annotation.errors import AnnotationError
 
 log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 256 * 1024 * 1024  # a predict batch of 308-keypoint tasks is far below this
@@ -112,12 +116,51 @@ class LoopTrigger:
             }
 
 
+class LoopFollower:
+    """Serves the newest finished cycle's model of a loop folder; looks at most every `every_s` seconds."""
+
+    def __init__(self, out_dir: Path, model: BackendModel, every_s: float = 5.0) -> None:
+        self.out_dir = out_dir
+        self.model = model
+        self.every_s = every_s
+        self.serving: str | None = None  # the cycle checkpoint in use (None: the backend's own --checkpoint)
+        self._checked = float("-inf")
+        self._lock = threading.Lock()
+
+    def check(self) -> None:
+        from annotation.loop import done_cycles
+
+        with self._lock:
+            now = time.monotonic()
+            if now - self._checked < self.every_s:
+                return
+            self._checked = now
+            try:
+                done = done_cycles(self.out_dir) if self.out_dir.is_dir() else []
+            except AnnotationError as e:
+                log.warning("backend: cannot read the loop folder: %s", e)
+                return
+            if not done or done[-1]["trained"]["checkpoint"] == self.serving:
+                return
+            newest = done[-1]
+            try:
+                self.model.reload(newest["trained"]["checkpoint"], newest["pushed"]["model_version"])
+            except Exception as e:  # keep serving the model we have; say why the new one is not served
+                log.warning("backend: cannot serve cycle %s's model: %s: %s", newest["cycle"], type(e).__name__, e)
+                return
+            self.serving = newest["trained"]["checkpoint"]
+            log.info("backend: serving %s (cycle %s)", self.model.model_version, newest["cycle"])
+
+
 class BackendApp:
     """The WSGI application: routes to `on_<endpoint>`, JSON in and out, errors as JSON."""
 
-    def __init__(self, model: BackendModel, trigger: LoopTrigger | None = None) -> None:
+    def __init__(
+        self, model: BackendModel, trigger: LoopTrigger | None = None, follower: LoopFollower | None = None
+    ) -> None:
         self.model = model
         self.trigger = trigger
+        self.follower = follower
         self.annotation_events = 0
         self._events_lock = threading.Lock()
         self.url_map = Map(
@@ -135,6 +178,8 @@ class BackendApp:
         request.max_content_length = MAX_REQUEST_BYTES
         try:
             endpoint, _ = self.url_map.bind_to_environ(environ).match()
+            if self.follower is not None and endpoint in ("health", "setup", "predict"):
+                self.follower.check()
             response = getattr(self, f"on_{endpoint}")(request)
         except BackendRequestError as e:
             response = _json({"error": str(e)}, 400)

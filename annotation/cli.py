@@ -99,7 +99,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     backend.add_argument("--device", default="cpu", help="cpu or cuda")
     backend.add_argument("--keypoint-threshold", type=float, default=0.3, help="heatmap peak below: not placed")
     backend.add_argument("--loop-project", default=None, help="with loop.loop_after=N: the project a cycle pulls")
-    backend.add_argument("--loop-out", default=None, type=Path, help="the loop's folder (as `hv annotate loop --out`)")
+    backend.add_argument(
+        "--loop-out", default=None, type=Path, help="a loop folder (`hv annotate loop --out`): serve its newest model"
+    )
     backend.add_argument("--url", default=None, help="for the loop: Label Studio's URL (default: LABEL_STUDIO_URL)")
     _config_args(backend)
     backend.set_defaults(func=_backend)
@@ -319,7 +321,7 @@ def _print_login(url: str, username: str, media_root: Path, fresh: bool, generat
 
 def _backend(args: argparse.Namespace) -> int:
     def run() -> int:
-        from annotation.backend import BackendApp, serve
+        from annotation.backend import BackendApp, LoopFollower, serve
         from annotation.backend_model import BackendModel
         from annotation.push import resolve_media_root
         from annotation.server import LOOPBACK, port_is_free, stop_signals_interrupt
@@ -336,15 +338,18 @@ def _backend(args: argparse.Namespace) -> int:
             )
         except (OSError, ValueError) as e:
             raise AnnotationError(f"cannot load the model: {e}") from None
-        trigger = None
+        trigger = follower = None
         if config.loop.loop_after:
             trigger = _loop_trigger(args, config, model)
+        if args.loop_out is not None:
+            follower = LoopFollower(args.loop_out, model)
+            follower.check()
         url = f"http://{LOOPBACK}:{args.port}"
         print(f"hv annotate backend: {model.model_version} ({', '.join(model.model.tasks)}) on {url}", flush=True)
         print(f"  connect a project: hv annotate connect --project NAME --backend {url}", flush=True)
         with stop_signals_interrupt():
             try:
-                serve(BackendApp(model, trigger), args.port)
+                serve(BackendApp(model, trigger, follower), args.port)
             except KeyboardInterrupt:
                 log.info("hv annotate backend: stopped")
         return 0
@@ -385,8 +390,7 @@ def _loop_trigger(args: argparse.Namespace, config, model):
         with Studio(url, key, timeout_s=config.timeout_s) as studio:
             record = run_cycle(studio, args.loop_project, args.checkpoint, args.loop_out, config)
         if record["status"] == "done":
-            model.reload(record["trained"]["checkpoint"], record["pushed"]["model_version"])
-            log.info("hv annotate backend: cycle %s done; serving %s", record["cycle"], model.model_version)
+            log.info("hv annotate backend: cycle %s done", record["cycle"])  # the follower serves its model
         return record
 
     print(f"  loop: a cycle of {args.loop_project!r} into {args.loop_out} every {config.loop.loop_after} annotations")

@@ -4,6 +4,7 @@ runs the real one)."""
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import httpx
 import pytest
 from werkzeug.serving import make_server
 
-from annotation.backend import BackendApp, LoopTrigger
+from annotation.backend import BackendApp, LoopFollower, LoopTrigger
 from annotation.backend_model import BackendModel
 from annotation.server import LOOPBACK, free_port
 
@@ -83,3 +84,35 @@ def test_a_failed_cycle_is_reported_and_the_backend_goes_on() -> None:
     assert status["failed"] == 1 and status["last"] == {"error": "RuntimeError: server gone"}
     with pytest.raises(ValueError):
         LoopTrigger(0, cycle)
+
+
+def test_backend_follows_the_loop_folder(checkpoint: Path, tmp_path: Path) -> None:
+    """A cycle finished by `hv annotate loop` elsewhere: the backend serves its model at the next request."""
+    model = BackendModel(str(checkpoint), tmp_path)
+    follower = LoopFollower(tmp_path / "loop", model, every_s=0)
+    app = BackendApp(model, follower=follower)
+    port = free_port()
+    server = make_server(LOOPBACK, port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://{LOOPBACK}:{port}"
+    try:
+        assert httpx.get(f"{url}/health").json()["model_version"] == checkpoint.name  # no loop folder yet
+        cycle = tmp_path / "loop" / "cycle-001"
+        cycle.mkdir(parents=True)
+        record = {"cycle": 1, "trained": {"checkpoint": str(checkpoint / "model.safetensors")}}
+        record["pushed"] = {"model_version": "loop-cycle-001"}
+        (cycle / "cycle.json").write_text(json.dumps(record))  # not done yet: not served
+        assert httpx.get(f"{url}/health").json()["model_version"] == checkpoint.name
+        (cycle / "cycle.json").write_text(json.dumps({**record, "status": "done"}))
+        assert httpx.get(f"{url}/health").json()["model_version"] == "loop-cycle-001"
+        assert follower.serving == str(checkpoint / "model.safetensors")
+        # A broken newer cycle is reported in the log; the backend keeps serving what it has.
+        (tmp_path / "loop" / "cycle-002").mkdir()
+        broken = {"cycle": 2, "status": "done", "trained": {"checkpoint": str(tmp_path / "gone.safetensors")}}
+        (tmp_path / "loop" / "cycle-002" / "cycle.json").write_text(json.dumps({**broken, "pushed": record["pushed"]}))
+        health = httpx.get(f"{url}/health")
+        assert health.status_code == 200 and health.json()["model_version"] == "loop-cycle-001"
+    finally:
+        server.shutdown()
+        thread.join(10)
