@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from annotation.client import Studio
+from annotation.client import API_KEY_ENV, Studio
 from annotation.config import AnnotateConfig, LaunchMode
 from annotation.errors import AnnotationError
 from annotation.pull import finished_annotations
@@ -212,7 +212,8 @@ def run_cycle(
         command = finetune_command(init, spec, kind, folder / "pull", run_dir, config)
         log.info("cycle %d: fine-tuning from %s", number, init)
         start = time.monotonic()
-        code = subprocess.run(command, env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+        env = {k: v for k, v in os.environ.items() if k != API_KEY_ENV}  # training needs no Label Studio key
+        code = subprocess.run(command, env={**env, "PYTHONUNBUFFERED": "1"}).returncode
         if code != 0 or not (run_dir / MODEL).is_file():
             raise AnnotationError(f"cycle {number}: `hv train finetune` failed (exit code {code}); see {run_dir}")
         os.replace(run_dir / MODEL, folder / MODEL)

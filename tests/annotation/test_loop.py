@@ -105,6 +105,15 @@ def test_loop_cycle_pulls_trains_and_preannotates(ls_env, checkpoint: Path, tmp_
     assert second["pulled"]["new_task_ids"] == [task_ids[3]] and second["pushed"]["created"] == 1
     assert [json.loads(line)["cycle"] for line in (out_dir / "cycles.jsonl").read_text().splitlines()] == [1, 2]
 
+    # Killed after training, before the predictions were recorded: only the last step runs again.
+    path = out_dir / "cycle-002" / "cycle.json"
+    path.write_text(json.dumps({k: v for k, v in second.items() if k not in ("pushed", "status")}))
+    code, out = hv(capsys, *loop)
+    assert code == 0 and "0 predictions of loop-cycle-002 pushed (1 already there)" in out, out
+    again = json.loads(path.read_text())
+    assert again["trained"] == second["trained"] and again["status"] == "done"
+    assert [json.loads(line)["cycle"] for line in (out_dir / "cycles.jsonl").read_text().splitlines()] == [1, 2]
+
 
 def test_loop_bad_input(ls_env, checkpoint: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     out_dir = tmp_path / "loop"
