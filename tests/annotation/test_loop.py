@@ -80,6 +80,15 @@ def test_loop_cycle_pulls_trains_and_preannotates(ls_env, checkpoint: Path, tmp_
         assert sorted(int(t["id"]) for t in listed) == task_ids[3:]
         scores = [float(t["predictions_score"]) for t in listed]
         assert scores == sorted(scores), scores
+        # The score sorted by is this version's prediction score (the project's model version picks it).
+        by_task = {
+            int(t["id"]): [p["score"] for p in t["predictions"] if p["model_version"] == version]
+            for t in s.iter_tasks(project_id, with_annotations=True)
+        }
+        for task, score in zip(listed, scores, strict=True):
+            assert by_task[int(task["id"])] == [pytest.approx(score)]
+        tab = s.request("GET", f"/api/dm/views/{view}", "reading the tab")
+        assert tab["data"]["ordering"] == ["tasks:predictions_score"]
         tabs = s.request("GET", "/api/dm/views", "tabs", params={"project": project_id})
         assert [v["data"]["title"] for v in tabs].count(VIEW_TITLE) == 1
 
