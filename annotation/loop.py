@@ -42,6 +42,7 @@ from annotation.config import AnnotateConfig, LaunchMode
 from annotation.errors import AnnotationError
 from annotation.pull import finished_annotations
 from annotation.push import member_text, project_folder, project_kind, read_pushed_shards, resolve_media_root
+from data_engine.outputs import prepare_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,12 @@ def run_cycle(
     kind = project_kind(project.get("label_config", ""))
     if kind not in ("pose", "seg"):
         raise AnnotationError(f"project {title!r} is a {kind} project; the loop fine-tunes pose or seg models")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not Path(config.loop.finetune_config).is_file():
+        raise AnnotationError(f"loop.finetune_config {config.loop.finetune_config!r} is not a file")
+    try:
+        prepare_output_dir(str(out_dir), "loop folder (--out)")
+    except ValueError as e:  # OutputPathError: a file, or not writable
+        raise AnnotationError(str(e)) from None
     done = done_cycles(out_dir)
     number = int(done[-1]["cycle"]) + 1 if done else 1
     folder = cycle_dir(out_dir, number)

@@ -139,6 +139,11 @@ def test_loop_bad_input(ls_env, checkpoint: Path, tmp_path: Path, capsys, monkey
     code, out = hv(capsys, "annotate", "loop", "--project", "loop-lip", *base[2:], "--checkpoint", str(tmp_path))
     assert code == 2 and "checkpoint" in out, out
     assert not list(out_dir.glob("cycle-*"))
+    code, out = hv(capsys, "annotate", "loop", "--project", "loop-lip", *base, "loop.finetune_config=nope.yaml")
+    assert code == 2 and "loop.finetune_config 'nope.yaml' is not a file" in out, out
+    (tmp_path / "a-file").write_text("")
+    code, out = hv(capsys, "annotate", "loop", "--project", "loop-lip", *base[:2], "--out", str(tmp_path / "a-file"))
+    assert code == 2 and "is a file" in out, out
 
     monkeypatch.setenv("LABEL_STUDIO_URL", "http://127.0.0.1:9")
     code, out = hv(capsys, "annotate", "loop", "--project", "loop-lip", *base)
