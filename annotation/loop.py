@@ -27,6 +27,8 @@ predictions already made for the model version are not made twice).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -34,6 +36,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,7 @@ log = logging.getLogger(__name__)
 RECORD = "cycle.json"
 LOG = "cycles.jsonl"
 MODEL = "model.safetensors"
+LOCK = ".loop.lock"
 VIEW_TITLE = "hv loop: least confident first"
 
 
@@ -156,18 +160,23 @@ def finetune_command(init: str, spec: Any, kind: str, data: Path, run_dir: Path,
     return [*command, "--out", str(run_dir), "--init", init, *launch, *model, *loop.finetune_overrides]
 
 
+@contextlib.contextmanager
+def _only_cycle(out_dir: Path) -> Iterator[None]:
+    """One cycle at a time per loop folder (a backend's trigger and a hand-run loop may share it)."""
+    with open(out_dir / LOCK, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AnnotationError(f"another loop cycle is running in {out_dir}; wait for it to finish") from None
+        yield
+
+
 def run_cycle(
     studio: Studio, title: str, checkpoint: str, out_dir: Path, config: AnnotateConfig, progress: bool = False
 ) -> dict[str, Any]:
     """One cycle (or the rest of an interrupted one); returns its record (`status`: done or nothing-new)."""
-    from annotation.backend_model import served_config
-    from annotation.model_predictor import model_predictor
-    from annotation.predict import predict
-    from annotation.pull import pull
-
     studio.check()
     project = studio.require_project(title)
-    project_id = int(project["id"])
     kind = project_kind(project.get("label_config", ""))
     if kind not in ("pose", "seg"):
         raise AnnotationError(f"project {title!r} is a {kind} project; the loop fine-tunes pose or seg models")
@@ -177,6 +186,26 @@ def run_cycle(
         prepare_output_dir(str(out_dir), "loop folder (--out)")
     except ValueError as e:  # OutputPathError: a file, or not writable
         raise AnnotationError(str(e)) from None
+    with _only_cycle(out_dir):
+        return _cycle(studio, title, project, kind, checkpoint, out_dir, config, progress)
+
+
+def _cycle(
+    studio: Studio,
+    title: str,
+    project: dict[str, Any],
+    kind: str,
+    checkpoint: str,
+    out_dir: Path,
+    config: AnnotateConfig,
+    progress: bool,
+) -> dict[str, Any]:
+    from annotation.backend_model import served_config
+    from annotation.model_predictor import model_predictor
+    from annotation.predict import predict
+    from annotation.pull import pull
+
+    project_id = int(project["id"])
     done = done_cycles(out_dir)
     number = int(done[-1]["cycle"]) + 1 if done else 1
     folder = cycle_dir(out_dir, number)

@@ -3,6 +3,7 @@ fine-tunes the tiny model through `hv train finetune`, and pre-annotates the res
 
 from __future__ import annotations
 
+import fcntl
 import json
 from pathlib import Path
 
@@ -141,6 +142,11 @@ def test_loop_bad_input(ls_env, checkpoint: Path, tmp_path: Path, capsys, monkey
     assert not list(out_dir.glob("cycle-*"))
     code, out = hv(capsys, "annotate", "loop", "--project", "loop-lip", *base, "loop.finetune_config=nope.yaml")
     assert code == 2 and "loop.finetune_config 'nope.yaml' is not a file" in out, out
+    out_dir.mkdir(exist_ok=True)
+    with open(out_dir / ".loop.lock", "w") as lock:  # a cycle running (a backend's trigger, another shell)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        code, out = hv(capsys, "annotate", "loop", "--project", "loop-lip", *base)
+    assert code == 2 and "another loop cycle is running" in out, out
     (tmp_path / "a-file").write_text("")
     code, out = hv(capsys, "annotate", "loop", "--project", "loop-lip", *base[:2], "--out", str(tmp_path / "a-file"))
     assert code == 2 and "is a file" in out, out
