@@ -22,7 +22,8 @@ One call, one cycle, in `OUT/cycle-NNN/`:
 counts), trained (init, steps, checkpoint) and pushed (model version, counts, tab); `status: done` marks the
 cycle finished and `OUT/cycles.jsonl` is rewritten from those records. A killed cycle is resumed by the same
 command: finished steps are skipped, a half-done step is redone from scratch (pull writes a new folder;
-predictions already made for the model version are not made twice).
+predictions already made for the model version are not made twice). One cycle runs at a time per loop folder
+(a lock file, `OUT/.loop.lock`): a second one fails at once instead of training beside it.
 """
 
 from __future__ import annotations
