@@ -175,7 +175,9 @@ def _only_cycle(out_dir: Path) -> Iterator[None]:
 def run_cycle(
     studio: Studio, title: str, checkpoint: str, out_dir: Path, config: AnnotateConfig, progress: bool = False
 ) -> dict[str, Any]:
-    """One cycle (or the rest of an interrupted one); returns its record (`status`: done or nothing-new)."""
+    """One cycle (or the rest of an interrupted one); returns its record (`status`: done or nothing-new).
+    Paths in the record are absolute, so a backend started elsewhere can follow the folder."""
+    out_dir, checkpoint = out_dir.resolve(), str(Path(checkpoint).resolve())
     studio.check()
     project = studio.require_project(title)
     kind = project_kind(project.get("label_config", ""))
