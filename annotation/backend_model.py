@@ -111,10 +111,18 @@ class BackendModel:
 
     def __init__(self, checkpoint: str, media_root: Path, device: str = "cpu", keypoint_threshold: float = 0.3):
         self.model = load_model(checkpoint, device)
+        self.device = device
         self.model_version = checkpoint_version(checkpoint)
         self.media_root = media_root
         self.keypoint_threshold = keypoint_threshold
         self._lock = threading.Lock()
+
+    def reload(self, checkpoint: str, model_version: str | None = None) -> None:
+        """Serve another checkpoint (a loop cycle's new model); requests in flight finish with the old one."""
+        model = load_model(checkpoint, self.device)
+        with self._lock:
+            self.model = model
+            self.model_version = model_version or checkpoint_version(checkpoint)
 
     def check_served(self, label_config: str) -> tuple[labeling.TaskType, str]:
         kind, spec = served_config(label_config)
@@ -133,9 +141,9 @@ class BackendModel:
         if not all(isinstance(t, dict) and isinstance(t.get("data"), dict) for t in tasks):
             raise BackendRequestError("every task must be an object with a `data` object")
         samples = [task_sample(t, self.media_root) for t in tasks]  # every image checked before any inference
-        predictor = predictor_for(self.model, kind, self.keypoint_threshold)
         out = []
-        with self._lock:
+        with self._lock:  # the model and its version together: `reload` swaps both under this lock
+            predictor = predictor_for(self.model, kind, self.keypoint_threshold)
             for sample in samples:
                 prediction = predictor(sample)
                 if kind == "bbox":

@@ -7,7 +7,9 @@
     hv annotate pull --project NAME --out DIR [--all] [--shards ORIGINALS...]
     hv annotate qa --project NAME [--out report.json]
     hv annotate backend --checkpoint RUN [--port 9090] [--media-root DIR]
+        [--loop-project NAME --loop-out DIR loop.loop_after=N]    # a loop cycle every N annotations (webhook)
     hv annotate connect --project NAME --backend http://127.0.0.1:9090
+    hv annotate loop --project NAME --checkpoint CURRENT --out DIR [loop.finetune_overrides=[steps=200] ...]
 
 The API key comes from LABEL_STUDIO_API_KEY only; the URL from --url or LABEL_STUDIO_URL. Every action
 takes `--config FILE` and `key=value` overrides (annotation/config.py); for push and predict
@@ -96,6 +98,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     backend.add_argument("--media-root", default=None, help="the folder push copies images to (the server's root)")
     backend.add_argument("--device", default="cpu", help="cpu or cuda")
     backend.add_argument("--keypoint-threshold", type=float, default=0.3, help="heatmap peak below: not placed")
+    backend.add_argument("--loop-project", default=None, help="with loop.loop_after=N: the project a cycle pulls")
+    backend.add_argument(
+        "--loop-out", default=None, type=Path, help="a loop folder (`hv annotate loop --out`): serve its newest model"
+    )
+    backend.add_argument("--url", default=None, help="for the loop: Label Studio's URL (default: LABEL_STUDIO_URL)")
+    _config_args(backend)
     backend.set_defaults(func=_backend)
 
     connect = sub.add_parser("connect", help="register an ML backend on a project (Label Studio checks it)")
@@ -103,6 +111,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     connect.add_argument("--title", default=None, help="its name in Label Studio (default: the model version)")
     _server_args(connect)
     connect.set_defaults(func=_connect)
+
+    loop = sub.add_parser("loop", help="one cycle: pull new annotations, fine-tune, pre-annotate unlabelled tasks")
+    loop.add_argument("--checkpoint", required=True, help="the model to improve (later cycles start from OUT's newest)")
+    loop.add_argument("--out", required=True, type=Path, help="the loop's folder: cycle-NNN/ and cycles.jsonl")
+    loop.add_argument("--media-root", default=None, help="the folder push copied images to (holds its shard record)")
+    _server_args(loop)
+    loop.set_defaults(func=_loop)
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -306,12 +321,15 @@ def _print_login(url: str, username: str, media_root: Path, fresh: bool, generat
 
 def _backend(args: argparse.Namespace) -> int:
     def run() -> int:
-        from annotation.backend import BackendApp, serve
+        from annotation.backend import BackendApp, LoopFollower, serve
         from annotation.backend_model import BackendModel
         from annotation.push import resolve_media_root
         from annotation.server import LOOPBACK, port_is_free, stop_signals_interrupt
 
+        config = _settings(args)
         media_root = resolve_media_root(args.media_root or "")
+        if config.loop.loop_after and not (args.loop_project and args.loop_out):
+            raise AnnotationError("loop.loop_after needs --loop-project and --loop-out (the project and loop folder)")
         if not port_is_free(args.port):
             raise AnnotationError(f"port {args.port} on {LOOPBACK} is taken; pick another with --port")
         try:
@@ -320,17 +338,63 @@ def _backend(args: argparse.Namespace) -> int:
             )
         except (OSError, ValueError) as e:
             raise AnnotationError(f"cannot load the model: {e}") from None
+        trigger = follower = None
+        if config.loop.loop_after:
+            trigger = _loop_trigger(args, config, model)
+        if args.loop_out is not None:
+            follower = LoopFollower(args.loop_out, model)
+            follower.check()
         url = f"http://{LOOPBACK}:{args.port}"
         print(f"hv annotate backend: {model.model_version} ({', '.join(model.model.tasks)}) on {url}", flush=True)
         print(f"  connect a project: hv annotate connect --project NAME --backend {url}", flush=True)
         with stop_signals_interrupt():
             try:
-                serve(BackendApp(model), args.port)
+                serve(BackendApp(model, trigger, follower), args.port)
             except KeyboardInterrupt:
                 log.info("hv annotate backend: stopped")
         return 0
 
     return _guarded("backend", run)
+
+
+def _loop(args: argparse.Namespace) -> int:
+    def run() -> int:
+        from annotation.loop import run_cycle
+
+        config = _settings(args)
+        with _studio(args, config) as studio:
+            record = run_cycle(studio, args.project, args.checkpoint, args.out, config, progress=not args.quiet)
+        if record["status"] != "done":
+            print(f"project {args.project!r}: no annotations finished since the last cycle; nothing to train")
+            return 0
+        pulled, trained, pushed = record["pulled"], record["trained"], record["pushed"]
+        print(
+            f"cycle {record['cycle']}: pulled {pulled['tasks']} labelled tasks ({len(pulled['new_task_ids'])} new), "
+            f"trained {trained['steps']} steps -> {trained['checkpoint']}, {pushed['created']} predictions of "
+            f"{pushed['model_version']} pushed ({pushed['already_there']} already there)"
+        )
+        return _report_skips("loop", pulled["not_written"] + pushed["skipped"])
+
+    return _guarded("loop", run)
+
+
+def _loop_trigger(args: argparse.Namespace, config, model):
+    """A LoopTrigger running `hv annotate loop`'s cycle for --loop-project into --loop-out, then serving its model."""
+    from annotation.backend import LoopTrigger
+    from annotation.client import Studio, api_key_from_env, resolve_url
+    from annotation.loop import run_cycle
+
+    url, key = resolve_url(config.url or None), api_key_from_env()  # checked now, not at the first trigger
+
+    def cycle() -> dict:
+        with Studio(url, key, timeout_s=config.timeout_s) as studio:
+            record = run_cycle(studio, args.loop_project, args.checkpoint, args.loop_out, config)
+        if record["status"] == "done":
+            log.info("hv annotate backend: cycle %s done", record["cycle"])  # the follower serves its model
+        return record
+
+    print(f"  loop: a cycle of {args.loop_project!r} into {args.loop_out} every {config.loop.loop_after} annotations")
+    return LoopTrigger(config.loop.loop_after, cycle)
 
 
 def _connect(args: argparse.Namespace) -> int:

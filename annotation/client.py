@@ -198,6 +198,39 @@ class Studio:
             "POST", f"/api/tasks/{task_id}/annotations", f"annotating task {task_id}", json={"result": result}
         )
 
+    def set_model_version(self, project_id: int, model_version: str) -> None:
+        """The version whose predictions annotators see, and whose scores the data manager sorts by."""
+        self.request(
+            "PATCH",
+            f"/api/projects/{project_id}",
+            f"setting the model version of project {project_id}",
+            json={"model_version": model_version},
+        )
+
+    def ensure_view(self, project_id: int, title: str, data: dict[str, Any]) -> int:
+        """A data manager tab titled `title` holding `data` (filters, ordering): created, or updated in place."""
+        doing = f"listing the data manager tabs of project {project_id}"
+        views = self.request("GET", "/api/dm/views", doing, params={"project": project_id}) or []
+        body = {"project": project_id, "data": {"title": title, **data}}
+        for view in views:
+            if view.get("data", {}).get("title") == title:
+                self.request("PATCH", f"/api/dm/views/{view['id']}", f"updating tab {title!r}", json=body)
+                return int(view["id"])
+        return int(self.request("POST", "/api/dm/views", f"creating tab {title!r}", json=body)["id"])
+
+    def iter_view_tasks(self, project_id: int, view_id: int, page_size: int = 100) -> Iterator[dict]:
+        """A tab's tasks in its order (filters and ordering applied by the server)."""
+        page, seen = 1, 0
+        while True:
+            params: dict[str, Any] = {"project": project_id, "view": view_id, "page": page, "page_size": page_size}
+            body = self.request("GET", "/api/tasks", f"listing tab {view_id}", ok=(200, 404), params=params)
+            tasks = body.get("tasks", []) if isinstance(body, dict) else []
+            yield from tasks
+            seen += len(tasks)
+            if not tasks or seen >= int(body.get("total", 0)):
+                return
+            page += 1
+
     # ------------------------------------------------------------------------------------- ML backends
 
     def connect_ml_backend(self, project_id: int, url: str, title: str | None = None) -> dict[str, Any]:

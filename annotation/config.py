@@ -11,7 +11,8 @@ config can never leak it. Loading, saving and `ConfigError` are every stage's (`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from annotation.convert import SegOverlap
@@ -19,6 +20,25 @@ from data_engine import schema
 from data_engine.config import ConfigError as ConfigError
 from data_engine.config import load_config as load_typed_config
 from data_engine.shards import BadSamplePolicy
+
+
+class LaunchMode(str, Enum):
+    in_process = "in-process"  # one rank in the `hv train finetune` process (CPU or one GPU)
+    cpus = "cpus"  # `processes` local CPU ranks (gloo) through the deepspeed launcher
+    gpus = "gpus"  # `processes` local GPUs through the deepspeed launcher
+
+
+@dataclass
+class LoopConfig:
+    """`hv annotate loop`: pull -> fine-tune -> pre-annotate; the fine-tuning is `hv train finetune`'s own."""
+
+    finetune_config: str = "configs/finetune/pose_tiny.yaml"  # its model settings are replaced by the checkpoint's
+    finetune_overrides: list[str] = field(default_factory=list)  # key=value words for it, e.g. [steps=200]
+    launch: LaunchMode = LaunchMode.in_process
+    processes: int = 1  # ranks for launch=cpus / gpus
+    device: str = "cpu"  # where the new model predicts the unlabelled tasks
+    keypoint_threshold: float = 0.3  # heatmap peak below: a keypoint left for the annotator
+    loop_after: int = 0  # `hv annotate backend`: start a cycle after this many new annotations; 0 = never
 
 
 @dataclass
@@ -33,6 +53,7 @@ class AnnotateConfig:
     seg_overlap: SegOverlap = "last"  # last: later brush regions cover earlier ones; smallest: smaller cover larger
     bad_samples: BadSamplePolicy = BadSamplePolicy.skip  # skip: listed in the report with its reason
     shard_max_count: int = 1000  # samples per annotated shard written by pull
+    loop: LoopConfig = field(default_factory=LoopConfig)
 
     def validate(self) -> None:
         try:
@@ -42,6 +63,8 @@ class AnnotateConfig:
         for name in ("batch_size", "page_size", "shard_max_count"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.loop.processes < 1 or self.loop.loop_after < 0:
+            raise ConfigError("loop.processes must be at least 1 and loop.loop_after at least 0")
         if self.timeout_s <= 0:
             raise ConfigError(f"timeout_s must be positive, got {self.timeout_s}")
 

@@ -14,7 +14,8 @@ to skip the sample:
 
     predict(studio, paths, "people-pose", "pose", config, model_version="sapiens-0.3b-ep40", predictor=my_model)
 
-Idempotent per model version: a task that already holds a prediction of `model_version` is skipped.
+Idempotent per model version: a task that already holds a prediction of `model_version` is skipped; with
+`only_unlabelled`, so is a task an annotator has finished (`hv annotate loop` pre-annotates only the rest).
 Samples whose key has no task in the project are recorded (push them first), not silently dropped.
 """
 
@@ -74,12 +75,14 @@ class PredictReport:
     samples: int = 0
     created: int = 0
     already_there: int = 0
+    labelled: int = 0  # with only_unlabelled: tasks passed over because an annotator finished them
     skipped: list[dict[str, Any]] = field(default_factory=list)  # {shard, key, reason}
 
     def summary(self) -> str:
         return (
             f"project {self.project_id}: {self.samples} samples read, {self.created} predictions created, "
             f"{self.already_there} already there, {len(self.skipped)} skipped"
+            + (f", {self.labelled} already labelled" if self.labelled else "")
         )
 
 
@@ -109,6 +112,7 @@ def predict(
     model_version: str,
     predictor: Predictor = labels_from_sample,
     progress: bool = True,
+    only_unlabelled: bool = False,
 ) -> PredictReport:
     from tqdm import tqdm
 
@@ -124,8 +128,11 @@ def predict(
 
     tasks: dict[str, tuple[int, dict]] = {}
     has_version: set[int] = set()
+    labelled: set[int] = set()
     for t in studio.iter_tasks(report.project_id, with_annotations=True, page_size=config.page_size):
         tasks[str(t["data"].get("key"))] = (int(t["id"]), t["data"])
+        if only_unlabelled and any(not a.get("was_cancelled") for a in t.get("annotations", [])):
+            labelled.add(int(t["id"]))
         if any(_model_version(p) == model_version for p in t.get("predictions", [])):
             has_version.add(int(t["id"]))
 
@@ -151,6 +158,9 @@ def predict(
             report.skipped.append({"key": sample.key, "reason": f"no task in project {title!r}: push it first"})
             continue
         task_id, task_data = tasks[sample.key]
+        if task_id in labelled:
+            report.labelled += 1
+            continue
         if task_id in has_version:
             report.already_there += 1
             continue
