@@ -52,7 +52,7 @@ def served_config(label_config: str) -> tuple[labeling.TaskType, str]:
         raise BackendRequestError("label config not served: its keypoints are not a keypoint subset of the schema")
     if kind == "seg":
         names = [lab.get("value") for control in root.iter("BrushLabels") for lab in control.iter("Label")]
-        for vocab in ("goliath28", "lip20"):
+        for vocab in schema.VOCABULARY_NAMES:
             if [c.name for c in schema.vocabulary(vocab).classes] == names:
                 return kind, vocab
         raise BackendRequestError("label config not served: its brush labels are not a class vocabulary")

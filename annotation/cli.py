@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 
 from annotation.errors import AnnotationError
+from data_engine import schema
 from data_engine.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     config = sub.add_parser("config", help="print a Label Studio labeling config (XML) built from the schema")
     config.add_argument("--task", choices=TASK_CHOICES, required=True)
     config.add_argument("--keypoints", default=None, metavar="SUBSET", help="keypoint subset (default: all 308)")
-    config.add_argument("--vocab", default=None, choices=("goliath28", "lip20"))
+    config.add_argument("--vocab", default=None, choices=schema.VOCABULARY_NAMES)
     _config_args(config)
     config.set_defaults(func=_config)
 
@@ -61,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     push.add_argument("shards", nargs="+", metavar="SHARDS")
     push.add_argument("--task", choices=TASK_CHOICES, required=True)
     push.add_argument("--keypoints", default=None, metavar="SUBSET")
-    push.add_argument("--vocab", default=None, choices=("goliath28", "lip20"))
+    push.add_argument("--vocab", default=None, choices=schema.VOCABULARY_NAMES)
     push.add_argument("--media-root", default=None, help="the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")
     _server_args(push)
     push.set_defaults(func=_push)

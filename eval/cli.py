@@ -23,6 +23,8 @@ import re
 import sys
 from typing import Any
 
+from data_engine import schema
+
 log = logging.getLogger(__name__)
 
 
@@ -97,7 +99,7 @@ class _IntermixedParser(argparse.ArgumentParser):
 # Options of a task's file metric (`EvalTaskDef.file_options`), passed to it after --gt and --pred.
 _FILE_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "keypoints": ("--keypoints", {"default": None, "help": "keypoint subset (default: inferred from the GT file)"}),
-    "vocab": ("--vocab", {"choices": ("goliath28", "lip20"), "default": "goliath28"}),
+    "vocab": ("--vocab", {"choices": schema.VOCABULARY_NAMES, "default": "goliath28"}),
 }
 
 

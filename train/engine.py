@@ -97,7 +97,7 @@ MakeBatches = Callable[[int, int, int, int], Iterator[Any]]
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
 
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -261,7 +261,7 @@ def _fit(
         with open(os.path.join(out_dir, "deepspeed_config.json"), "w") as f:
             json.dump(ds_config, f, indent=2)
         for note in notes:
-            log.info("%s", note)
+            logger.info("%s", note)
         log = MetricsLog(out_dir, start_step, cfg.tensorboard)
     bar = None
     if rank == 0 and cfg.progress:

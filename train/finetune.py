@@ -40,7 +40,7 @@ from train.models.weights import load_init
 # ------------------------------------------------------------------------------------------------ the loss
 
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("train.finetune")  # by name: ranks run this module as __main__
 
 
 def task_losses(
