@@ -191,6 +191,7 @@ class LabelStudioServer:
             stdout=output,
             stderr=subprocess.STDOUT if output is not None else None,
             start_new_session=True,  # our Ctrl-C handling stops the whole group, not a half of it
+            preexec_fn=_default_interrupt,  # an inherited "SIGINT ignored" would make stop() wait for SIGTERM
             umask=0o077,  # the database (API token inside), exports and uploads it writes: owner only
         )
         deadline = time.monotonic() + timeout_s
@@ -237,8 +238,15 @@ class LabelStudioServer:
 
 
 # A closed terminal (SIGHUP) or `kill` / a process manager (SIGTERM) must stop the server as Ctrl-C does;
-# their default action would end us and leave Label Studio, in its own session, running with parent 1.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+# their default action would end us and leave Label Studio, in its own session, running with parent 1. SIGINT is
+# in the list too: a process started in the background by a non-interactive shell (`hv annotate serve &` in a
+# script, a test run under `make test &`) inherits SIGINT *ignored*, and Ctrl-C / `kill -INT` would do nothing.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _default_interrupt() -> None:
+    """In the Label Studio child before exec: SIGINT back to its default, so Python installs KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -256,7 +264,8 @@ def _stop_signals_handled_by(handler: Any) -> Iterator[None]:
 
 
 def stop_signals_interrupt() -> contextlib.AbstractContextManager[None]:
-    """Inside: SIGTERM and SIGHUP raise KeyboardInterrupt, so the Ctrl-C path (a `finally: server.stop()`) runs."""
+    """Inside: SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt, so the Ctrl-C path (a `finally:
+    server.stop()`) runs, whatever dispositions this process inherited."""
     return _stop_signals_handled_by(_interrupt)
 
 

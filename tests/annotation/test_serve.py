@@ -18,7 +18,11 @@ from .conftest import TEST_TOKEN, _binary, ensure_template
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
 
 
-def _start_serve(tmp_path) -> tuple[subprocess.Popen, str, int]:
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # what `cmd &` in a non-interactive shell hands its children
+
+
+def _start_serve(tmp_path, sigint_ignored: bool = False) -> tuple[subprocess.Popen, str, int]:
     """`hv annotate serve` in a subprocess, from the cached migrated data dir; returns once it takes the token."""
     _binary()
     data_dir = tmp_path / "data"
@@ -37,7 +41,10 @@ def _start_serve(tmp_path) -> tuple[subprocess.Popen, str, int]:
         "--data-dir",
         str(data_dir),
     ]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=_ignore_sigint if sigint_ignored else None,
+    )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and not token_accepted(url, TEST_TOKEN) and proc.poll() is None:
@@ -48,8 +55,11 @@ def _start_serve(tmp_path) -> tuple[subprocess.Popen, str, int]:
     return proc, url, port
 
 
-def test_serve_starts_on_loopback_prints_login_and_stops_on_ctrl_c(tmp_path):
-    proc, url, port = _start_serve(tmp_path)
+@pytest.mark.parametrize("sigint_ignored", [False, True], ids=["foreground", "started-in-background"])
+def test_serve_starts_on_loopback_prints_login_and_stops_on_ctrl_c(tmp_path, sigint_ignored):
+    """Ctrl-C stops it, also when it was started with SIGINT ignored (a background job of a script): it then did
+    nothing, and the server kept running."""
+    proc, url, port = _start_serve(tmp_path, sigint_ignored)
     try:
         assert token_accepted(url, "f" * 40) is False
         time.sleep(1.0)  # let it print the login lines
