@@ -45,8 +45,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def s3():
     """A moto S3 server on a loopback port; yields its `host:port`, with AWS_* credentials in os.environ."""
-    if not MOTO_SERVER.exists():
-        pytest.skip(f"needs the moto S3 server venv: {MOTO_SERVER} is missing (run `make setup` or scripts/setup.sh)")
+    if not MOTO_SERVER.exists():  # `make test` creates it (scripts/setup.sh): never skip these silently
+        pytest.fail(f"needs the moto S3 server venv: {MOTO_SERVER} is missing (run `make setup` or scripts/setup.sh)")
     port = _free_port()
     log = open(os.devnull, "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen([str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
