@@ -18,6 +18,7 @@ split, the shuffle buffer and exact resume are `train.data_stream`'s.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections import Counter
@@ -239,7 +240,30 @@ def data_params(cfg: FinetuneConfig) -> tuple[LabelSpec, TopDownParams, DensePar
     """(LabelSpec, TopDownParams, DenseParams) of a config."""
     size = (int(cfg.model.image_size[0]), int(cfg.model.image_size[1]))
     spec = LabelSpec(tasks=cfg.active_tasks, keypoint_set=cfg.pose.keypoint_set, seg_vocabulary=cfg.seg.vocabulary)
-    return spec, TopDownParams(input_size=size, augment=cfg.pose), DenseParams(input_size=size, augment=cfg.augment)
+    stride = _heatmap_stride(cfg, size) if "pose" in cfg.active_tasks else TopDownParams.heatmap_stride
+    pose = TopDownParams(input_size=size, augment=cfg.pose, heatmap_stride=stride)
+    return spec, pose, DenseParams(input_size=size, augment=cfg.augment)
+
+
+@functools.cache
+def _stride_of(spec_json: str) -> tuple[int, int, int, int]:
+    """(H, W, heatmap h, heatmap w), cached per spec: every loader worker and resumed slot asks again."""
+    from train.models.multitask import head_output_sizes
+    from train.models.spec import ModelSpec
+
+    model_spec = ModelSpec.from_json(spec_json)
+    out_h, out_w = head_output_sizes(model_spec)["pose"]
+    h, w = model_spec.image_size
+    return h, w, out_h, out_w
+
+
+def _heatmap_stride(cfg: FinetuneConfig, size: tuple[int, int]) -> int:
+    """The pose head's real output stride (4 for the Sapiens layout: patch 16, two x2 deconvolutions; 2 with
+    patch 8), so that the targets are drawn at the heatmaps' size."""
+    h, w, out_h, out_w = _stride_of(cfg.model_spec().to_json())
+    if h % out_h or w % out_w or h // out_h != w // out_w:
+        raise ValueError(f"pose head output {out_h}x{out_w} is not an integer fraction of the input {h}x{w}")
+    return h // out_h
 
 
 def load_backgrounds(patterns: Sequence[str], limit: int) -> list[np.ndarray]:

@@ -32,3 +32,25 @@ def test_strides_follow_the_design() -> None:
 def test_unknown_task_names_the_choices() -> None:
     with pytest.raises(ValueError, match="pose, seg, depth, normal"):
         build_head("keypoints", 8, 1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("backbone_options", "head_options", "pose_size"),
+    [
+        ({}, {}, (16, 12)),  # patch 16, two x2 deconvolutions: 1/4 of 64x48
+        ({"patch_size": 8}, {}, (32, 24)),  # patch 8: 1/2
+        ({}, {"pose": {"style": "sapiens_v1", "deconv_channels": [8, 8, 8], "deconv_kernels": [4, 4, 4]}}, (32, 24)),
+    ],
+)
+def test_head_output_sizes_match_a_real_forward(backbone_options, head_options, pose_size) -> None:
+    from train.models.multitask import build_model, head_output_sizes
+    from train.models.spec import ModelSpec
+
+    spec = ModelSpec(
+        arch="tiny", image_size=(64, 48), tasks=("pose", "seg"), depth=1, head_channels=8,
+        backbone_options=backbone_options, head_options=head_options,
+    )  # fmt: skip
+    sizes = head_output_sizes(spec)
+    real = build_model(spec)(torch.zeros(1, 3, 64, 48))
+    assert sizes == {task: tuple(t.shape[-2:]) for task, t in real.items()}
+    assert sizes["pose"] == pose_size

@@ -59,3 +59,13 @@ def build_model(spec: ModelSpec, drop_path: float = 0.0, grad_checkpointing: boo
         for task in spec.tasks
     }
     return FinetuneModel(backbone, heads)
+
+
+def head_output_sizes(spec: ModelSpec) -> dict[str, tuple[int, int]]:
+    """Each head's output size (h, w) for the spec's input size, by a forward pass on the `meta` device (no
+    memory, no compute): a patch size or head layout other than the defaults changes the pose heatmap stride,
+    and the training targets must be drawn at the size the head really outputs."""
+    with torch.device("meta"):
+        model = build_model(spec)
+        out = model(torch.empty(1, 3, *spec.image_size))
+    return {task: (int(t.shape[-2]), int(t.shape[-1])) for task, t in out.items()}
