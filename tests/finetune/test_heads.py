@@ -38,7 +38,8 @@ def test_unknown_task_names_the_choices() -> None:
     ("backbone_options", "head_options", "pose_size"),
     [
         ({}, {}, (16, 12)),  # patch 16, two x2 deconvolutions: 1/4 of 64x48
-        ({"patch_size": 8}, {}, (32, 24)),  # patch 8: 1/2
+        ({"patch_size": 8}, {}, (16, 12)),  # patch 8: one deconvolution fewer, the same 1/4
+        ({"patch_size": 8}, {"pose": {"num_deconv": 2}}, (32, 24)),  # asked for: 1/2
         ({}, {"pose": {"style": "sapiens_v1", "deconv_channels": [8, 8, 8], "deconv_kernels": [4, 4, 4]}}, (32, 24)),
     ],
 )
@@ -54,3 +55,12 @@ def test_head_output_sizes_match_a_real_forward(backbone_options, head_options, 
     real = build_model(spec)(torch.zeros(1, 3, 64, 48))
     assert sizes == {task: tuple(t.shape[-2:]) for task, t in real.items()}
     assert sizes["pose"] == pose_size
+
+
+def test_a_patch_size_no_deconvolution_count_can_serve_names_the_option() -> None:
+    from train.models.multitask import build_model
+    from train.models.spec import ModelSpec
+
+    spec = ModelSpec(arch="tiny", image_size=(48, 48), tasks=("pose",), depth=1, backbone_options={"patch_size": 12})
+    with pytest.raises(ValueError, match=r"head_options\.pose\.num_deconv"):
+        build_model(spec)

@@ -56,10 +56,34 @@ class PositiveHead(UpsampleHead):
         return F.softplus(super().forward(features))
 
 
-def _default_head(task: Task, in_channels: int, out_channels: int, channels: int | None) -> nn.Module:
+def _default_head(
+    task: Task,
+    in_channels: int,
+    out_channels: int,
+    channels: int | None,
+    num_deconv: int | None = None,
+    num_conv: int | None = None,
+    patch_size: int = 16,
+) -> nn.Module:
+    """The task's `HeadSpec`. Unless `num_deconv` is given, the deconvolutions follow the backbone's patch size
+    so that the output keeps the task's stride (pose 1/4, seg and normal 1/2, depth 1/1): a patch-8 backbone
+    gets one fewer, not heatmaps at twice the size for four times the head's compute."""
     spec: HeadSpec = task_def(task).head
+    if num_deconv is None:
+        num_deconv = _deconvs_for_stride(task, patch_size, spec.output_stride)
     cls = PositiveHead if spec.positive else UpsampleHead
-    return cls(in_channels, out_channels, spec.num_deconv, spec.num_conv, channels or spec.channels)
+    width = channels or spec.channels
+    return cls(in_channels, out_channels, num_deconv, spec.num_conv if num_conv is None else num_conv, width)
+
+
+def _deconvs_for_stride(task: Task, patch_size: int, stride: int) -> int:
+    ratio = patch_size // stride
+    if patch_size % stride or ratio & (ratio - 1):
+        raise ValueError(
+            f"{task} head: patch size {patch_size} is not a power-of-two multiple of the task's output stride "
+            f"{stride}; give head_options.{task}.num_deconv"
+        )
+    return ratio.bit_length() - 1
 
 
 def _sapiens_v1_head(*args, **options) -> nn.Module:

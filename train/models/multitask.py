@@ -54,11 +54,19 @@ def build_model(spec: ModelSpec, drop_path: float = 0.0, grad_checkpointing: boo
     )
     heads = {
         task: build_head(
-            task, backbone.embed_dim, spec.out_channels(task), spec.head_channels, **spec.head_options.get(task, {})
+            task, backbone.embed_dim, spec.out_channels(task), spec.head_channels, **_head_options(spec, task, backbone)
         )
         for task in spec.tasks
     }
     return FinetuneModel(backbone, heads)
+
+
+def _head_options(spec: ModelSpec, task: str, backbone: nn.Module) -> dict:
+    """The spec's options for `task`'s head; this package's own head style also learns the backbone's patch size."""
+    options = dict(spec.head_options.get(task, {}))
+    if options.get("style", "humanvision") == "humanvision":
+        options.setdefault("patch_size", int(getattr(backbone, "patch_size", 16)))
+    return options
 
 
 def head_output_sizes(spec: ModelSpec) -> dict[str, tuple[int, int]]:
