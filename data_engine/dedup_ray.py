@@ -132,9 +132,10 @@ def join(pieces: int, max_hamming: int, near: bool, n_analysis: int, *tables: pa
             rejected.append({"uri": r["uri"], "status": "rejected", "reason": r["reason"], "duplicate_of": None})
         elif earlier is None or earlier == "accepted":
             score = r["person_score"] if r["person_score"] is not None else 0.0
+            kept = earlier == "accepted"  # only its key and hash matter: it is kept whatever its rank
+            pixels = 0 if kept else int(r["width"]) * int(r["height"])
             node = {"node": r["node"], "uri": r["uri"], "key": r["key"], "phash": int(r["phash"], 16)}
-            node.update(pixels=int(r["width"]) * int(r["height"]), score=score, blur=r["blur"] or 0.0)
-            nodes.append(dict(node, kept=earlier == "accepted"))
+            nodes.append(dict(node, pixels=pixels, score=score, blur=r["blur"] or 0.0, kept=kept))
     node_table = pa.Table.from_pylist(nodes, schema=NODE_SCHEMA)
     ids = node_table.column("node").to_numpy()
     hashes = node_table.column("phash").to_numpy()
@@ -262,6 +263,32 @@ def decide_components(max_hamming: int, near: bool, *tables: pa.Table) -> pa.Tab
 
 
 # ----------------------------------------------------------------------------------------------- the driver
+
+
+def decide_in_driver(
+    analysis: Iterable[pa.Table], decisions: Iterable[pa.Table], max_hamming: int, near: bool
+) -> list[dict[str, Any]]:
+    """The same decision rows computed in this process, every row in memory: how `hv curate` decided before the
+    cluster path. Kept as the reference the tests and benchmarks/dedup.py compare `decide_on_cluster` with."""
+    decided = {r["uri"]: r["status"] for t in decisions for r in t.select(["uri", "status"]).to_pylist()}
+    kept_before: list[tuple[str, int]] = []
+    candidates: list[Candidate] = []
+    rows: list[dict[str, Any]] = []
+    for table in analysis:
+        for r in table.select(ANALYSIS_COLUMNS).to_pylist():
+            status = decided.get(r["uri"])
+            if status == "accepted":
+                kept_before.append((r["key"], int(r["phash"], 16)))
+            elif status is None and r["reason"] is not None:
+                rows.append({"uri": r["uri"], "status": "rejected", "reason": r["reason"], "duplicate_of": None})
+            elif status is None:
+                pixels = int(r["width"]) * int(r["height"])
+                score = r["person_score"] if r["person_score"] is not None else 0.0
+                candidates.append(Candidate(r["uri"], r["key"], int(r["phash"], 16), pixels, score, r["blur"] or 0.0))
+    for v in decide(candidates, kept_before, max_hamming, near):
+        status = "accepted" if v.duplicate_of is None else "duplicate"
+        rows.append({"uri": v.uri, "status": status, "reason": v.reason, "duplicate_of": v.duplicate_of})
+    return rows
 
 
 def decide_on_cluster(

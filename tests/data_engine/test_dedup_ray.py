@@ -1,6 +1,7 @@
-"""The cluster dedup (data_engine/dedup_ray.py) against the in-driver greedy it replaced: identical decision rows
-(status, reason with its distance, duplicate_of) on random hash sets full of chains A~B~C, ties and byte-identical
-copies, with and without earlier runs' decisions, for any number of pieces."""
+"""The cluster dedup (data_engine/dedup_ray.py) against the in-driver greedy it replaced (`decide_in_driver`: the
+decide phase of `hv curate` before, verbatim): identical decision rows (status, reason with its distance,
+duplicate_of) on random hash sets full of chains A~B~C, ties and byte-identical copies, with and without earlier
+runs' decisions, for any number of pieces."""
 
 from __future__ import annotations
 
@@ -12,31 +13,8 @@ import pytest
 
 from data_engine.analysis import ANALYSIS_SCHEMA
 from data_engine.curate_state import DECISION_SCHEMA
-from data_engine.dedup import Candidate, decide
+from data_engine.dedup_ray import decide_in_driver as reference
 from data_engine.dedup_ray import decide_on_cluster
-
-
-def reference(analysis: list[pa.Table], decisions: list[pa.Table], max_hamming: int, near: bool) -> list[dict]:
-    """The driver-side decide phase as it was before the cluster dedup (every row in one process)."""
-    decided = {r["uri"]: r["status"] for t in decisions for r in t.to_pylist()}
-    kept_before: list[tuple[str, int]] = []
-    candidates: list[Candidate] = []
-    rows: list[dict[str, Any]] = []
-    for table in analysis:
-        for r in table.to_pylist():
-            status = decided.get(r["uri"])
-            if status == "accepted":
-                kept_before.append((r["key"], int(r["phash"], 16)))
-            elif status is None and r["reason"] is not None:
-                rows.append({"uri": r["uri"], "status": "rejected", "reason": r["reason"], "duplicate_of": None})
-            elif status is None:
-                pixels = int(r["width"]) * int(r["height"])
-                score = r["person_score"] if r["person_score"] is not None else 0.0
-                candidates.append(Candidate(r["uri"], r["key"], int(r["phash"], 16), pixels, score, r["blur"] or 0.0))
-    for v in decide(candidates, kept_before, max_hamming, near):
-        status = "accepted" if v.duplicate_of is None else "duplicate"
-        rows.append({"uri": v.uri, "status": status, "reason": v.reason, "duplicate_of": v.duplicate_of})
-    return rows
 
 
 def _flip(value: int, bits: list[int]) -> int:
