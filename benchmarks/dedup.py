@@ -7,7 +7,8 @@ state (no images, so large N is cheap to set up).
 
 Each (N, path) runs in a fresh spawned driver process that starts a local Ray first, then decides N analysed
 rows read from Parquet parts of `--part-rows` (as state/analysis holds them). Prints the driver's peak RSS growth
-during the phase (ru_maxrss after minus before; Ray's own processes are not counted), the seconds, and whether
+during the phase (ru_maxrss after minus before; Ray's own processes are not counted) and its peak private
+(anonymous) memory growth, which leaves out the object store's shared pages, the seconds, and whether
 the two paths gave identical rows (when both ran). Data: random 64-bit hashes, `--near` of them a few bits from
 an earlier one and `--exact` byte copies, so the buckets and components look like real inputs with few
 duplicates.
@@ -66,6 +67,7 @@ def _run(paths: list[str], path_kind: str, cpus: int, max_hamming: int, results)
 
     init_ray(num_cpus=cpus, object_store_memory=512 * 1024 * 1024)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    anon = _AnonPeak()
     t = time.perf_counter()
     analysis = (pq.read_table(p, columns=ANALYSIS_COLUMNS) for p in paths)
     if path_kind == "driver":
@@ -75,8 +77,38 @@ def _run(paths: list[str], path_kind: str, cpus: int, max_hamming: int, results)
         counts, digest = _digest(r for table in tables for r in table.to_pylist())
     seconds = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    anon_mb = anon.stop()
     ray.shutdown()
-    results.put({"growth_mb": (after - before) / 1024, "seconds": seconds, "rows": counts, "digest": digest})
+    results.put(
+        {"growth_mb": (after - before) / 1024, "anon_mb": anon_mb, "seconds": seconds, "rows": counts, "digest": digest}
+    )
+
+
+def _rss_anon_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssAnon:"))
+
+
+class _AnonPeak:
+    """Peak growth of this process's private (anonymous) memory, sampled every 10 ms. RSS alone also counts the
+    pages of Ray's shared-memory object store that the driver touched (its puts and gets)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.start, self.peak = _rss_anon_kib(), 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.01):
+            self.peak = max(self.peak, _rss_anon_kib() - self.start)
+
+    def stop(self) -> float:
+        self._done.set()
+        self._thread.join()
+        return self.peak / 1024
 
 
 def _digest(rows: Iterable[dict]) -> tuple[int, str]:
@@ -112,7 +144,8 @@ def main() -> None:
                 child.join()
                 digests.add(r["digest"])
                 print(
-                    f"rows {n} {kind:>7}: driver RSS growth {r['growth_mb']:.0f} MB, {r['seconds']:.2f} s, "
+                    f"rows {n} {kind:>7}: driver RSS growth {r['growth_mb']:.0f} MB (private {r['anon_mb']:.0f} MB), "
+                    f"{r['seconds']:.2f} s, "
                     f"{r['rows']} decisions (digest {r['digest']})",
                     flush=True,
                 )

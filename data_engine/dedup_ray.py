@@ -22,9 +22,14 @@ The stages, plain Ray tasks exchanging Arrow tables through the object store (P 
                  linked nodes only (a node without a link is a component of its own)
   5. label       per node piece: a candidate without links is kept; linked nodes are sent on by component
   6. decide      per component piece: `dedup.decide` once per component
-The driver passes each state part to the object store and streams the decision tables back, holding object
-references and counts. Cost: a bucket of m nodes costs m^2 / 2 popcounts (as a query of the in-driver index cost
-m), so the work still grows with (inputs / 2^band bits)^2 per bucket; many pieces spread it over the cluster.
+The driver puts each state part into the object store and streams the decision rows back in slices, holding
+object references and counts; the stages are submitted by one coordinating task (`coordinate`), which owns the
+intermediate objects (Ray keeps small task results in the owner's memory: there, not in the driver).
+
+Limits. A bucket of m nodes costs m^2 / 2 popcounts (a query of the in-driver index cost m), so the work grows with
+(inputs / 2^band bits)^2 per bucket, spread over P pieces; the components task holds every linked node (8 bytes
+each and its links), the coordinating task the small intermediate pieces; there are (parts + P) * P objects, so a
+very large job wants a Ray Data shuffle in place of this hand-rolled one. None of it is in the driver.
 """
 
 from __future__ import annotations
@@ -72,9 +77,13 @@ def _returns(values: list[Any]) -> Any:
 def _split(table: pa.Table, piece: np.ndarray, pieces: int) -> list[pa.Table]:
     """`table` cut into `pieces` tables by `piece` (row order kept inside each)."""
     order = np.argsort(piece, kind="stable")
-    ordered = table.take(pa.array(order))
     bounds = np.searchsorted(piece[order], np.arange(pieces + 1))
-    return [ordered.slice(int(lo), int(hi - lo)) for lo, hi in itertools.pairwise(bounds)]
+    return [_compact(table, order[lo:hi]) for lo, hi in itertools.pairwise(bounds)]
+
+
+def _compact(table: pa.Table, rows: np.ndarray) -> pa.Table:
+    # take() copies into new buffers: a slice would pickle (into the object store) its whole parent table.
+    return table.take(pa.array(rows, pa.int64()))
 
 
 def _spread(values: np.ndarray, pieces: int) -> np.ndarray:
@@ -291,12 +300,13 @@ def decide_in_driver(
     return rows
 
 
-def decide_on_cluster(
-    analysis: Iterable[pa.Table], decisions: Iterable[pa.Table], max_hamming: int, near: bool, pieces: int
+def coordinate(
+    analysis: list[Any], decisions: list[Any], max_hamming: int, near: bool, pieces: int, slice_rows: int
 ) -> Iterator[pa.Table]:
-    """Decision rows (DECISION_SCHEMA) of every analysed row that `decisions` does not decide yet, a table at a
-    time. `analysis` / `decisions`: the state parts in file order (ANALYSIS_COLUMNS; uri and status). Ray must be
-    initialised."""
+    """The stages, submitted from a task of their own (run by decide_on_cluster): it owns every intermediate
+    object, and Ray keeps a task's small results (under 100 KiB, the common case for a piece) in its owner's memory,
+    so that memory is this task's on some worker, not the driver's. `analysis` / `decisions`: references to the
+    state parts, in file order. Yields the decision rows in slices of `slice_rows`."""
     import ray
 
     tasks: dict[Callable[..., Any], Any] = {}
@@ -309,9 +319,8 @@ def decide_on_cluster(
         return lambda *args: (lambda r: r if returns > 1 else [r])(task.remote(*args))
 
     analysis_pieces = [remote(split_analysis, pieces)(t, i, pieces) for i, t in enumerate(analysis)]
-    if not analysis_pieces:
-        return
     decision_pieces = [remote(split_decisions, pieces)(t, i, pieces) for i, t in enumerate(decisions)]
+    del analysis[:], decisions[:]
     joined = [
         remote(join, 1 + 2 * pieces)(
             pieces,
@@ -342,4 +351,34 @@ def decide_on_cluster(
     del labelled
     for refs in (rejected, alone, verdicts):
         while refs:
-            yield ray.get(refs.pop(0))
+            table = ray.get(refs.pop(0))
+            for start in range(0, table.num_rows, slice_rows):
+                yield _compact(table, np.arange(start, min(start + slice_rows, table.num_rows)))
+
+
+def decide_on_cluster(
+    analysis: Iterable[pa.Table],
+    decisions: Iterable[pa.Table],
+    max_hamming: int,
+    near: bool,
+    pieces: int,
+    slice_rows: int = 10_000,
+) -> Iterator[pa.Table]:
+    """Decision rows (DECISION_SCHEMA) of every analysed row that `decisions` does not decide yet, a table at a
+    time. `analysis` / `decisions`: the state parts in file order (ANALYSIS_COLUMNS; uri and status). Ray must be
+    initialised. The driver only reads the parts (it holds the credentials of the output folder) into the object
+    store, one at a time, and takes the decisions back a slice at a time."""
+    import ray
+
+    # ray.put stores in the shared object store whatever the size (unlike small task results), and a reference
+    # inside a list reaches the task unresolved.
+    analysis_refs = [ray.put(t) for t in analysis]
+    if not analysis_refs:
+        return
+    decision_refs = [ray.put(t) for t in decisions]
+    # num_cpus=0: it only waits on its stages, which need every CPU (a 1-CPU node would otherwise deadlock).
+    task = ray.remote(num_cpus=0)(coordinate).options(num_returns="streaming")
+    stream = task.remote(analysis_refs, decision_refs, max_hamming, near, pieces, slice_rows)
+    del analysis_refs, decision_refs
+    for ref in stream:
+        yield ray.get(ref)
