@@ -169,7 +169,9 @@ def decide_phase(cfg: CurateConfig, state: State, ensure_ray: Callable[[], None]
     import ray
 
     ensure_ray()
-    pieces = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    # One piece per CPU spreads each stage over the cluster; past 64 the (parts + P) * P objects cost more than
+    # the extra parallelism gives.
+    pieces = max(1, min(64, int(ray.cluster_resources().get("CPU", 1))))
     analysis = state.read(state.analysis, ANALYSIS_SCHEMA, ANALYSIS_COLUMNS)
     decisions = state.read(state.decisions, DECISION_SCHEMA, ["uri", "status"])
     written = 0
