@@ -1,6 +1,6 @@
 """The curation DAG: inputs -> read/decode/quality/phash (Ray tasks) -> person detection (Ray actors) ->
-global dedup (driver) -> shard members (driver threads; Ray tasks for re-encodes) -> atomic shards + manifest
-(driver).
+global dedup (Ray tasks, data_engine/dedup_ray.py) -> shard members (driver threads; Ray tasks for re-encodes) ->
+atomic shards + manifest (driver).
 
     hv curate photos/ more/*.jpg list.parquet --out runs/curated --detector none
     hv curate s3://bucket/raw/ --out /mnt/shared/curated --ray-address auto detector.concurrency=8
@@ -23,8 +23,10 @@ an upload under the final name once complete), and each phase only adds what the
 So a kill -9 at any point costs at most one checkpoint of analysis and one shard of writing, and loses or
 repeats no sample. New inputs on an existing folder are analysed and deduplicated against everything there.
 
-Memory. The driver streams: it holds one chunk of URIs (`chunk_size`), Ray's bounded queues of results, and
-per input only small figures (URI, key, 64-bit hash) for the global dedup, never pixels.
+Memory. The driver streams: it holds one chunk of URIs (`chunk_size`) and Ray's bounded queues of results; the
+global dedup runs on the cluster, the driver passing it one state part at a time and holding only object
+references and counts. (The write phase and the manifest still hold a few small figures per input: the accepted
+URIs and their keys, the decisions and shards joined into the manifest.)
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from data_engine import manifest as manifest_lib
 from data_engine.analysis import ANALYSIS_SCHEMA
@@ -59,7 +62,7 @@ from data_engine.curate_state import (
     reconcile_shards,
     written_uris,
 )
-from data_engine.dedup import Candidate, decide
+from data_engine.dedup_ray import ANALYSIS_COLUMNS, decide_on_cluster
 from data_engine.inputs import ListingStats, check_inputs, iter_uris
 from data_engine.output_fs import OutputFS
 
@@ -155,34 +158,34 @@ def analyse_phase(
     return new
 
 
-def decide_phase(cfg: CurateConfig, state: State, kills: Counter) -> None:
-    decided = dict(
-        zip(
-            state.column(state.decisions, DECISION_SCHEMA, "uri"),
-            state.column(state.decisions, DECISION_SCHEMA, "status"),
-            strict=True,
-        )
-    )
-    kept_before: list[tuple[str, int]] = []
-    candidates: list[Candidate] = []
-    rows: list[dict[str, Any]] = []
-    columns = ["uri", "key", "reason", "phash", "width", "height", "person_score", "blur"]
-    for table in state.read(state.analysis, ANALYSIS_SCHEMA, columns):
-        for r in table.to_pylist():
-            status = decided.get(r["uri"])
-            if status == "accepted":
-                kept_before.append((r["key"], int(r["phash"], 16)))
-            elif status is None and r["reason"] is not None:
-                rows.append({"uri": r["uri"], "status": "rejected", "reason": r["reason"], "duplicate_of": None})
-            elif status is None:
-                pixels = int(r["width"]) * int(r["height"])
-                score = r["person_score"] if r["person_score"] is not None else 0.0
-                candidates.append(Candidate(r["uri"], r["key"], int(r["phash"], 16), pixels, score, r["blur"] or 0.0))
-    for v in decide(candidates, kept_before, cfg.dedup.max_hamming, cfg.dedup.near):
-        status = "accepted" if v.duplicate_of is None else "duplicate"
-        rows.append({"uri": v.uri, "status": status, "reason": v.reason, "duplicate_of": v.duplicate_of})
-    state.append(state.decisions, pa.Table.from_pylist(rows, schema=DECISION_SCHEMA))
-    if rows:
+def decide_phase(cfg: CurateConfig, state: State, ensure_ray: Callable[[], None], kills: Counter) -> None:
+    """Keep / duplicate / reject every analysed input no decision records yet (data_engine/dedup_ray.py: on the
+    cluster; the driver streams the state parts to it and its decisions into one part, written whole)."""
+    rows = lambda folder, schema: sum(t.num_rows for t in state.read(folder, schema, []))  # noqa: E731
+    # Every analysed row gets exactly one decision row, once: equal counts mean nothing is left to decide, and a
+    # re-run that only reports starts no Ray.
+    if rows(state.analysis, ANALYSIS_SCHEMA) <= rows(state.decisions, DECISION_SCHEMA):
+        return
+    import ray
+
+    ensure_ray()
+    # One piece per CPU spreads each stage over the cluster; past 64 the (parts + P) * P objects cost more than
+    # the extra parallelism gives.
+    pieces = max(1, min(64, int(ray.cluster_resources().get("CPU", 1))))
+    analysis = state.read(state.analysis, ANALYSIS_SCHEMA, ANALYSIS_COLUMNS)
+    decisions = state.read(state.decisions, DECISION_SCHEMA, ["uri", "status"])
+    written = 0
+    with contextlib.ExitStack() as part:
+        writer: pq.ParquetWriter | None = None
+        for table in decide_on_cluster(analysis, decisions, cfg.dedup.max_hamming, cfg.dedup.near, pieces):
+            if not table.num_rows:
+                continue
+            if writer is None:  # no rows, no part (as State.append)
+                stream = part.enter_context(state.out.open_atomic(state.next_part(state.decisions)))
+                writer = part.enter_context(pq.ParquetWriter(stream, DECISION_SCHEMA))
+            writer.write_table(table)
+            written += table.num_rows
+    if written:
         maybe_kill("decisions", kills)
 
 
@@ -289,7 +292,7 @@ def run_curate(cfg: CurateConfig, log: Callable[[str], None] = print) -> dict[st
         report.new_inputs = analyse_phase(cfg, state, ensure_ray, kills, report)
         report.phase_seconds["analyse"] = time.perf_counter() - t
         t = time.perf_counter()
-        decide_phase(cfg, state, kills)
+        decide_phase(cfg, state, ensure_ray, kills)
         report.phase_seconds["dedup"] = time.perf_counter() - t
         t = time.perf_counter()
         report.written = write_phase(cfg, state, ensure_ray, kills)

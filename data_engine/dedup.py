@@ -47,14 +47,18 @@ def phash_hex(value: int) -> str:
     return f"{value:016x}"
 
 
+def bands(max_hamming: int) -> list[tuple[int, int]]:
+    """(shift, mask) of each of the `max_hamming + 1` pigeonhole bands of a 64-bit hash."""
+    edges = np.linspace(0, 64, max_hamming + 2).round().astype(int)
+    return [(int(lo), (1 << int(hi - lo)) - 1) for lo, hi in itertools.pairwise(edges)]
+
+
 class NearDuplicateIndex:
     """Hashes filed by band (pigeonhole), queried for the closest one within `max_hamming`."""
 
     def __init__(self, max_hamming: int) -> None:
         self.max_hamming = max_hamming
-        bands = max_hamming + 1
-        edges = np.linspace(0, 64, bands + 1).round().astype(int)
-        self._bands = [(int(lo), (1 << int(hi - lo)) - 1) for lo, hi in itertools.pairwise(edges)]
+        self._bands = bands(max_hamming)
         # Per band: band value -> (hashes as uint64, item ids). array('Q') appends in O(1) and numpy reads it
         # without a copy.
         self._buckets: list[dict[int, tuple[array.array, array.array]]] = [{} for _ in self._bands]
