@@ -1,6 +1,6 @@
 """The curation DAG: inputs -> read/decode/quality/phash (Ray tasks) -> person detection (Ray actors) ->
-global dedup (Ray tasks, data_engine/dedup_ray.py) -> shard members (driver threads; Ray tasks for re-encodes) ->
-atomic shards + manifest (driver).
+global dedup (Ray tasks, data_engine/dedup_ray.py) -> shard plan (sizes in Ray tasks) -> one Ray task per shard,
+reading its members and writing its tar atomically (data_engine/curate_write.py) -> manifest (driver).
 
     hv curate photos/ more/*.jpg list.parquet --out runs/curated --detector none
     hv curate s3://bucket/raw/ --out /mnt/shared/curated --ray-address auto detector.concurrency=8
@@ -18,15 +18,20 @@ Resume. Every file is written whole or not at all (locally a temporary name, the
 an upload under the final name once complete), and each phase only adds what the files do not already record:
     state/analysis/part-*.parquet   analysis rows, `checkpoint_rows` at a time; a re-run skips those URIs
     state/decisions/part-*.parquet  keep / duplicate / reject per analysed URI, written once per run
+    state/plan/<shard>.parquet      the URIs a shard is to hold, in order, written before its task starts: a
+                                    shard a kill interrupted is written again as planned (tasks finish in any
+                                    order), so names and bytes equal an unbroken run's
     state/written/<shard>.parquet   the URIs inside each complete shard (a shard committed just before a kill
                                     is found on restart and its part rebuilt from the tar's keys)
-So a kill -9 at any point costs at most one checkpoint of analysis and one shard of writing, and loses or
+So a kill -9 at any point costs at most one checkpoint of analysis and the shards being written, and loses or
 repeats no sample. New inputs on an existing folder are analysed and deduplicated against everything there.
 
 Memory. The driver streams: it holds one chunk of URIs (`chunk_size`) and Ray's bounded queues of results; the
 global dedup runs on the cluster, the driver passing it one state part at a time and holding only object
-references and counts. (The write phase and the manifest still hold a few small figures per input: the accepted
-URIs and their keys, the decisions and shards joined into the manifest.)
+references and counts. The write phase's planner holds one chunk of records, the open
+shard's and the references of the shard tasks in flight; no image byte passes through the driver. (The write
+phase's bookkeeping and the manifest still hold a few small figures per input: the accepted, written and planned
+URIs and the accepted keys, the decisions and shards joined into the manifest.)
 """
 
 from __future__ import annotations
