@@ -26,6 +26,7 @@ shards are the same.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -144,17 +145,22 @@ def plan_shards(
 
 
 def ray_sizer(cfg: CurateConfig) -> Callable[[pa.Table], pa.Table]:
-    """`sizes_batch` over blocks of `images_per_task` records as Ray tasks, results in order."""
+    """`sizes_batch` over blocks of records (in plan_shards' order: re-encodes first) as Ray tasks, results in order."""
     import ray
 
     task = ray.remote(num_cpus=1)(sizes_batch)
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
 
     def sizes(records: pa.Table) -> pa.Table:
-        step = cfg.images_per_task
+        # Re-encodes (first in the chunk, as plan_shards orders it) are CPU work: `images_per_task` a task. A byte
+        # copy costs microseconds, so the copies go in one block per CPU, not hundreds of tasks.
+        light = records.column("reencode").null_count
+        heavy = records.num_rows - light
+        bounds = list(range(0, heavy, cfg.images_per_task))
+        bounds += list(range(heavy, records.num_rows, max(cfg.images_per_task, -(-light // cpus))))
+        bounds.append(records.num_rows)
         # take() copies: a slice would pickle its whole parent table into every task's arguments.
-        blocks = [
-            records.take(pa.array(range(i, min(i + step, records.num_rows)))) for i in range(0, records.num_rows, step)
-        ]
+        blocks = [records.take(pa.array(range(lo, hi), pa.int64())) for lo, hi in itertools.pairwise(bounds) if hi > lo]
         return pa.concat_tables([SIZE_SCHEMA.empty_table(), *ray.get([task.remote(b, cfg) for b in blocks])])
 
     return sizes
