@@ -241,6 +241,8 @@ def credentials_env(out: OutputFS) -> dict[str, Any] | None:
 
 def planned_records(state: State, names: list[str], analysis_schema: pa.Schema) -> Iterator[tuple[str, pa.Table]]:
     """(name, its records in plan order) of the plans `names`: the analysis rows of their URIs."""
+    if not names:  # the common case: no kill interrupted a plan, so no pass over the analysis files
+        return
     position: dict[str, tuple[int, int]] = {}
     for s, name in enumerate(names):
         for i, uri in enumerate(read_plan(state, name).column("uri").to_pylist()):
