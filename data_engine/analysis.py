@@ -4,9 +4,10 @@ person filter on detector boxes; then the shard members of an accepted image.
     analyse_uri(uri, cfg) -> dict           one ANALYSIS_SCHEMA row (+ the analysis pixels when a detector follows)
     apply_persons(row, boxes, cfg)          the person filter, on boxes in original-image pixels
     build_members(record, cfg)              the WebDataset members of an accepted sample
+    member_json(record)                     its `json` member, from the analysis row alone
 
-`analyse_batch` and `members_batch` wrap them for Ray Data (`map_batches`, pyarrow batches); the benchmark
-runs the same functions in a plain loop as its baseline.
+`analyse_batch` wraps analyse_uri for Ray Data (`map_batches`, pyarrow batches), data_engine/curate_write.py's
+shard tasks call build_members; the benchmark runs the same functions in a plain loop as its baseline.
 """
 
 from __future__ import annotations
@@ -122,17 +123,6 @@ def apply_persons(
 
 # ------------------------------------------------------------------------------------------------ writing
 
-MEMBERS_SCHEMA = pa.schema(
-    [
-        pa.field("uri", pa.string(), nullable=False),
-        pa.field("key", pa.string(), nullable=False),
-        pa.field("image_format", pa.string()),
-        pa.field("image", pa.binary()),
-        pa.field("json", pa.binary()),
-        pa.field("error", pa.string()),  # set when the file changed or vanished since its analysis
-    ]
-)
-
 
 def build_members(record: dict[str, Any], cfg: CurateConfig) -> dict[str, Any]:
     """One accepted record (ANALYSIS_SCHEMA) -> {uri, key, image_format, image, json, error}.
@@ -157,6 +147,12 @@ def build_members(record: dict[str, Any], cfg: CurateConfig) -> dict[str, Any]:
     except Exception as e:
         out["error"] = f"{Reason.changed_since_analysis.value}: {type(e).__name__}: {e}"
         return out
+    out.update(image=image, json=member_json(record))
+    return out
+
+
+def member_json(record: dict[str, Any]) -> bytes:
+    """The `json` member of an accepted record: from its analysis row alone (the shard planner sizes it so)."""
     meta = {
         "schema_version": sample.SCHEMA_VERSION,
         "source": {"uri": record["uri"], "sha256": record["sha256"]},
@@ -173,10 +169,4 @@ def build_members(record: dict[str, Any], cfg: CurateConfig) -> dict[str, Any]:
     }
     if record["reencode"]:
         meta["source"]["reencoded"] = record["reencode"]
-    out.update(image=image, json=sample.dumps(meta))
-    return out
-
-
-def members_batch(batch: pa.Table, cfg: CurateConfig) -> pa.Table:
-    """Ray Data stage: accepted ANALYSIS_SCHEMA rows -> MEMBERS_SCHEMA rows."""
-    return pa.Table.from_pylist([build_members(r, cfg) for r in batch.to_pylist()], schema=MEMBERS_SCHEMA)
+    return sample.dumps(meta)

@@ -225,7 +225,7 @@ def _import_image(
         pose=pose,
         mask=mask,
         image_bytes=data if image_format in ("JPEG", "PNG") else None,
-        image_format="jpg",  # data_engine.curate.IMAGE_MEMBER: one image member name for every sample
+        image_format="jpg",  # data_engine.curate_write.IMAGE_MEMBER: one image member name for every sample
     )
     if sample.image_bytes is None:  # another format: stored as PNG, under the same member name
         sample.image_bytes = _png(rgb)

@@ -1,6 +1,6 @@
 """The curation DAG: inputs -> read/decode/quality/phash (Ray tasks) -> person detection (Ray actors) ->
-global dedup (Ray tasks, data_engine/dedup_ray.py) -> shard members (driver threads; Ray tasks for re-encodes) ->
-atomic shards + manifest (driver).
+global dedup (Ray tasks, data_engine/dedup_ray.py) -> shard plan (sizes in Ray tasks) -> one Ray task per shard,
+reading its members and writing its tar atomically (data_engine/curate_write.py) -> manifest (driver).
 
     hv curate photos/ more/*.jpg list.parquet --out runs/curated --detector none
     hv curate s3://bucket/raw/ --out /mnt/shared/curated --ray-address auto detector.concurrency=8
@@ -18,15 +18,20 @@ Resume. Every file is written whole or not at all (locally a temporary name, the
 an upload under the final name once complete), and each phase only adds what the files do not already record:
     state/analysis/part-*.parquet   analysis rows, `checkpoint_rows` at a time; a re-run skips those URIs
     state/decisions/part-*.parquet  keep / duplicate / reject per analysed URI, written once per run
+    state/plan/<shard>.parquet      the URIs a shard is to hold, in order, written before its task starts: a
+                                    shard a kill interrupted is written again as planned (tasks finish in any
+                                    order), so names and bytes equal an unbroken run's
     state/written/<shard>.parquet   the URIs inside each complete shard (a shard committed just before a kill
                                     is found on restart and its part rebuilt from the tar's keys)
-So a kill -9 at any point costs at most one checkpoint of analysis and one shard of writing, and loses or
+So a kill -9 at any point costs at most one checkpoint of analysis and the shards being written, and loses or
 repeats no sample. New inputs on an existing folder are analysed and deduplicated against everything there.
 
 Memory. The driver streams: it holds one chunk of URIs (`chunk_size`) and Ray's bounded queues of results; the
 global dedup runs on the cluster, the driver passing it one state part at a time and holding only object
-references and counts. (The write phase and the manifest still hold a few small figures per input: the accepted
-URIs and their keys, the decisions and shards joined into the manifest.)
+references and counts. The write phase's planner holds one chunk of records, the open
+shard's and the references of the shard tasks in flight; no image byte passes through the driver. (The write
+phase's bookkeeping and the manifest still hold a few small figures per input: the accepted, written and planned
+URIs and the accepted keys, the decisions and shards joined into the manifest.)
 """
 
 from __future__ import annotations
@@ -37,7 +42,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +53,7 @@ import pyarrow.parquet as pq
 from data_engine import manifest as manifest_lib
 from data_engine.analysis import ANALYSIS_SCHEMA
 from data_engine.curate_config import CurateConfig, DetectorName, check_same_policy, to_yaml
-from data_engine.curate_ray import analysis_dataset, ray_session, shard_members
+from data_engine.curate_ray import analysis_dataset, ray_session
 from data_engine.curate_report import build_manifest, summary_text
 from data_engine.curate_state import (
     DECISION_SCHEMA,
@@ -62,14 +66,21 @@ from data_engine.curate_state import (
     reconcile_shards,
     written_uris,
 )
+from data_engine.curate_write import (
+    ShardTasks,
+    credentials_env,
+    plan_names,
+    plan_shards,
+    planned_records,
+    ray_sizer,
+    read_plan,
+    remove_temporaries,
+    shard_index,
+    write_plan,
+)
 from data_engine.dedup_ray import ANALYSIS_COLUMNS, decide_on_cluster
 from data_engine.inputs import ListingStats, check_inputs, iter_uris
 from data_engine.output_fs import OutputFS
-
-# Every curated image is stored under one member name, whatever its bytes (JPEG or PNG, kept as received):
-# column-typed readers (Hugging Face `datasets`, Ray Data's default decoder) refuse shards that mix `jpg` and
-# `png` samples, and every image reader (PIL, webdataset, Hugging Face, Ray) detects the format from the bytes.
-IMAGE_MEMBER = "jpg"
 
 
 class CurateError(RuntimeError):
@@ -85,6 +96,7 @@ class RunReport:
     written: int = 0
     listing: ListingStats = field(default_factory=ListingStats)
     images_per_node: Counter[str] = field(default_factory=Counter)  # Ray node id -> inputs it analysed
+    shards_per_node: Counter[str] = field(default_factory=Counter)  # Ray node id -> shards it wrote
     phase_seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -189,9 +201,10 @@ def decide_phase(cfg: CurateConfig, state: State, ensure_ray: Callable[[], None]
         maybe_kill("decisions", kills)
 
 
-def write_phase(cfg: CurateConfig, state: State, ensure_ray: Callable[[], None], kills: Counter) -> int:
-    from data_engine.shards import ShardWriter
-
+def write_phase(
+    cfg: CurateConfig, state: State, ensure_ray: Callable[[], None], kills: Counter, report: RunReport
+) -> int:
+    """Write the accepted records no shard holds yet, one Ray task per shard (data_engine/curate_write.py)."""
     accepted = {
         uri
         for t in state.read(state.decisions, DECISION_SCHEMA, ["uri", "status"])
@@ -206,40 +219,55 @@ def write_phase(cfg: CurateConfig, state: State, ensure_ray: Callable[[], None],
             if uri in accepted:
                 key_of[key] = uri
     reconcile_shards(state, key_of)
-    todo = accepted - written_uris(state)
-    if not todo:
+    plans = plan_names(state)
+    unfinished = [n for n in plans if not state.out.exists(state.shard_part(n))]
+    planned = {u for n in plans for u in read_plan(state, n).column("uri").to_pylist()}
+    todo = accepted - written_uris(state) - planned
+    if not todo and not unfinished:
         return 0
-    unshelved: dict[str, dict[str, Any]] = {}  # written into the open shard, not yet recorded
-    errors: list[dict[str, Any]] = []
+    ensure_ray()
+    import ray
 
-    def on_shard(info) -> None:
-        maybe_kill("shard_renamed", kills)
-        name = info.path.partition("?")[0].rsplit("/", 1)[-1]
-        rows = [dict(unshelved.pop(key), shard=f"{state.shards}/{name}") for key in info.keys]
-        state.out.write_table(state.shard_part(name), pa.Table.from_pylist(rows + errors, schema=WRITTEN_SCHEMA))
-        errors.clear()
-
+    shards_folder = state.out.sub(state.shards)
+    remove_temporaries(shards_folder, SHARD_PREFIX)
     progress = _Progress(cfg.progress, "write")
     written = 0
-    shards_folder = state.out.sub(state.shards)
-    pool = ThreadPoolExecutor(cfg.write_threads, thread_name_prefix="hv-curate-read")
+
+    def on_done(name: str, result: dict[str, Any], errors: list[dict[str, Any]]) -> None:
+        nonlocal written
+        if result["committed"]:
+            maybe_kill("shard_renamed", kills)
+            report.shards_per_node[result["node"]] += 1
+        rows = result["rows"]
+        state.out.write_table(
+            state.shard_part(name), pa.concat_tables([rows, pa.Table.from_pylist(errors, schema=WRITTEN_SCHEMA)])
+        )
+        done = rows.column("error").null_count
+        written += done
+        progress.update(done, written=done)
+
+    window = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+    tasks = ShardTasks(state.out.uri(state.shards), cfg, window, on_done, credentials_env(state.out))
     try:
-        with ShardWriter(
-            SHARD_PREFIX, cfg.shard_max_count, cfg.shard_max_bytes, on_shard=on_shard, output=shards_folder
-        ) as writer:
-            for records in _pending_records(state, todo, cfg.chunk_size):
-                for row in shard_members(records, cfg, ensure_ray, pool):
-                    if row.get("error"):
-                        errors.append({"uri": row["uri"], "key": row["key"], "shard": None, "error": row["error"]})
-                        continue
-                    unshelved[row["key"]] = {"uri": row["uri"], "key": row["key"], "error": None}
-                    writer.write({"__key__": row["key"].encode(), IMAGE_MEMBER: row["image"], "json": row["json"]})
-                    written += 1
-                    progress.update(1, written=1)
-        if errors:  # failures after the last shard closed: no shard part carries them, so they get their own
-            state.append(state.written, pa.Table.from_pylist(errors, schema=WRITTEN_SCHEMA))
+        # Plans a kill interrupted first, as planned; then the rest, numbered after every shard there is.
+        for name, records in planned_records(state, unfinished, ANALYSIS_SCHEMA):
+            tasks.submit(name, records, [])
+        index = 1 + max((shard_index(n) for n in [*plans, *state.shard_names()]), default=-1)
+        leftover: list[dict[str, Any]] = []
+        chunks = _pending_records(state, todo, cfg.chunk_size)
+        for shard in plan_shards(chunks, ray_sizer(cfg), cfg.shard_max_count, cfg.shard_max_bytes):
+            if shard.records is None:
+                leftover = shard.errors
+                continue
+            name = f"{SHARD_PREFIX}-{index:06d}.tar"
+            write_plan(state, name, shard.records)
+            tasks.submit(name, shard.records, shard.errors)
+            maybe_kill("shard_planned", kills)  # tests: a kill while earlier shards' tasks are still writing
+            index += 1
+        tasks.drain()
+        if leftover:  # failures after the last shard: no shard part carries them, so they get their own
+            state.append(state.written, pa.Table.from_pylist(leftover, schema=WRITTEN_SCHEMA))
     finally:
-        pool.shutdown(cancel_futures=True)
         progress.close()
     return written
 
@@ -295,7 +323,7 @@ def run_curate(cfg: CurateConfig, log: Callable[[str], None] = print) -> dict[st
         decide_phase(cfg, state, ensure_ray, kills)
         report.phase_seconds["dedup"] = time.perf_counter() - t
         t = time.perf_counter()
-        report.written = write_phase(cfg, state, ensure_ray, kills)
+        report.written = write_phase(cfg, state, ensure_ray, kills, report)
         report.phase_seconds["write"] = time.perf_counter() - t
     t = time.perf_counter()
     counts = build_manifest(state, "manifest.parquet")
@@ -318,6 +346,7 @@ def run_curate(cfg: CurateConfig, log: Callable[[str], None] = print) -> dict[st
             "images_per_s": round(report.new_inputs / seconds, 2) if report.new_inputs else 0.0,
             "phase_seconds": {k: round(v, 3) for k, v in report.phase_seconds.items()},
             "images_per_node": dict(sorted(report.images_per_node.items())),
+            "shards_per_node": dict(sorted(report.shards_per_node.items())),
         },
     }
     if counts["unfinished"]:

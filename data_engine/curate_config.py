@@ -135,7 +135,6 @@ class CurateConfig:
     chunk_size: int = 20_000  # inputs per Ray Dataset; the driver holds at most one chunk of URIs
     images_per_task: int = 32  # images per Ray task (block); bigger amortises scheduling, smaller balances load
     checkpoint_rows: int = 1_000  # analysis rows per checkpoint file: the work a kill -9 can cost
-    write_threads: int = 4  # threads reading accepted files for the shards (I/O: local disk or object store)
     shard_max_count: int = 1_000
     shard_max_bytes: int = 500_000_000
     progress: bool = True
@@ -178,7 +177,6 @@ def check_config(cfg: CurateConfig) -> None:
         "chunk_size",
         "images_per_task",
         "checkpoint_rows",
-        "write_threads",
         "shard_max_count",
         "shard_max_bytes",
     ):

@@ -1,5 +1,5 @@
-"""The Ray side of `hv curate`: the session (local or a cluster), the analysis dataset (decode, quality, hash in
-CPU tasks; the detector in actors) and the shard members of accepted records."""
+"""The Ray side of `hv curate`'s analysis: the session (local or a cluster) and the analysis dataset (decode, quality,
+hash in CPU tasks; the detector in actors). The write phase's tasks are in data_engine/curate_write.py."""
 
 from __future__ import annotations
 
@@ -7,15 +7,12 @@ import contextlib
 import logging
 import os
 import tempfile
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from data_engine.analysis import analyse_batch, build_members, members_batch
+from data_engine.analysis import analyse_batch
 from data_engine.curate_config import CurateConfig, DetectorName
 from data_engine.ray_runtime import init_ray
 
@@ -91,44 +88,3 @@ def analysis_dataset(uris: list[str], cfg: CurateConfig):
             num_gpus=d.num_gpus,
         )
     return ds
-
-
-def members_dataset(records: pa.Table, cfg: CurateConfig):
-    import ray
-
-    ds = ray.data.from_arrow(_blocks(records, cfg.images_per_task))
-    return ds.map_batches(members_batch, fn_kwargs={"cfg": cfg}, batch_format="pyarrow", batch_size=None, num_cpus=1)
-
-
-def _member_row(record: dict[str, Any], cfg: CurateConfig) -> dict[str, Any]:
-    """build_members with every MEMBERS_SCHEMA column present, as the Ray path gives them."""
-    return {"image": None, "json": None, "error": None, **build_members(record, cfg)}
-
-
-def shard_members(
-    records: pa.Table, cfg: CurateConfig, ensure_ray: Callable[[], None], pool: ThreadPoolExecutor
-) -> Iterator[dict[str, Any]]:
-    """Shard members (MEMBERS_SCHEMA rows) of accepted records, in no particular order.
-
-    Records whose original bytes go into the shard unchanged (nearly all) are read and hashed here, by a few
-    threads: every byte of a shard passes through this process's writer anyway, so shipping it through a Ray
-    task and the object store first only adds copies and a dataset start-up (measured on 1000 JPEGs of
-    1024x768: 2.1 s through Ray, 0.7 s with 4 threads). Records that need a re-encode (EXIF rotation, another
-    mode or format) decode and encode the full image: CPU work that belongs on the workers, so Ray does those.
-    """
-    reencode = pc.is_valid(records.column("reencode"))
-    heavy = records.filter(reencode)
-    if heavy.num_rows:
-        ensure_ray()
-        for batch in members_dataset(heavy, cfg).iter_batches(batch_format="pyarrow", batch_size=None):
-            yield from batch.to_pylist()
-    light = records.filter(pc.invert(reencode))
-    # A bounded window of reads in flight: the writer, not the readers, sets the pace, so memory stays at
-    # about `window` images whatever the chunk size.
-    window: deque[Future] = deque()
-    for record in light.to_pylist():
-        window.append(pool.submit(_member_row, record, cfg))
-        if len(window) >= 4 * cfg.write_threads:
-            yield window.popleft().result()
-    while window:
-        yield window.popleft().result()

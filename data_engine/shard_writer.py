@@ -162,6 +162,22 @@ def _split_prefix(prefix: str) -> tuple[OutputFS, str]:
     return OutputFS.open(folder or "."), name
 
 
+def _member_info(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime, info.uname, info.gname = size, 0o444, 0, "humanvision", "humanvision"
+    return info
+
+
+def sample_tar_bytes(key: str, sizes: dict[str, int]) -> int:
+    """The bytes `_TarStream.write` adds for a sample whose members have these sizes (headers and padding
+    included), without the data: what decides where a shard closes (`max_bytes`), known before reading a file."""
+    total = 0
+    for name, size in sizes.items():
+        header = _member_info(f"{key}.{name}", size).tobuf(tarfile.DEFAULT_FORMAT, tarfile.ENCODING, "surrogateescape")
+        total += len(header) + -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    return total
+
+
 class _TarStream:
     """WebDataset's tar layout (one regular file `{key}.{member}` per member, samples in order) on tarfile
     alone. webdataset's own TarWriter would do, but importing webdataset imports torch: 1-2 s that every
@@ -183,9 +199,7 @@ class _TarStream:
                 data = data.encode("utf-8")
             elif not isinstance(data, (bytes, bytearray, memoryview)):
                 raise SampleError(f"{key}: member {name!r} is {type(data).__name__}, expected bytes")
-            info = tarfile.TarInfo(f"{key}.{name}")
-            info.size, info.mode, info.mtime, info.uname, info.gname = len(data), 0o444, 0, "humanvision", "humanvision"
-            self._tar.addfile(info, io.BytesIO(data))
+            self._tar.addfile(_member_info(f"{key}.{name}", len(data)), io.BytesIO(data))
         return self._tar.offset - start
 
     def close(self) -> None:

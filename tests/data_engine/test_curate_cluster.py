@@ -1,6 +1,6 @@
 """`hv curate --ray-address` on a real two-node Ray cluster (a head and a second raylet on this machine, with
-token authentication, as the README's cluster section starts one): both nodes analyse, and the outputs equal a
-local run's."""
+token authentication, as the README's cluster section starts one): both nodes analyse, shard tasks write every
+shard, and the outputs equal a local run's."""
 
 from __future__ import annotations
 
@@ -104,6 +104,8 @@ def test_curate_on_a_two_node_cluster_uses_both_nodes_and_equals_a_local_run(clu
     per_node = stats["this_run"]["images_per_node"]
     assert len(per_node) == 2 and all(n > 0 for n in per_node.values()), per_node
     assert sum(per_node.values()) == stats["inputs"]
+    # every shard was written by a Ray task (a node id each), none by the driver
+    assert sum(stats["this_run"]["shards_per_node"].values()) == stats["shards"] > 0
     assert _outcome(remote) == _outcome(local)
     assert _shards(remote) == _shards(local)
 

@@ -210,42 +210,48 @@ def test_hog_detector_runs_in_the_dag(ray_local, corpus, tmp_path):
     assert sample.meta["persons"] and all(p["detector"] == "hog" for p in sample.meta["persons"])
 
 
-def test_write_members_copies_in_threads_reencodes_in_ray_and_records_changed_files(ray_local, corpus, tmp_path):
-    from concurrent.futures import ThreadPoolExecutor
+def _text(key: str | bytes) -> str:
+    return key if isinstance(key, str) else key.decode()
 
+
+def test_shard_task_copies_or_reencodes_members_and_records_changed_files(corpus, tmp_path):
+    """write_shard (called here in-process; curate runs it as a Ray task): byte copies stay the original bytes,
+    re-encodes are upright RGB, files changed since their analysis are error rows, not samples."""
     import pyarrow as pa
     from skimage import data
 
     from data_engine.analysis import ANALYSIS_SCHEMA, analyse_uri
-    from data_engine.curate_ray import shard_members
+    from data_engine.curate_write import sizes_batch, write_shard
 
     folder = tmp_path / "in"
     folder.mkdir()
     names = ["astronaut.jpg", "grace_hopper.jpg", "rocket_exif6.jpg", "coffee_cmyk.jpg"]
     for name in names:
         shutil.copy(corpus / "images" / name, folder / name)
-    cfg = _cfg([folder], tmp_path / "out", "write_threads=1")
+    cfg = _cfg([folder], tmp_path / "out")
     records = pa.Table.from_pylist([analyse_uri(str(folder / n), cfg) for n in names], schema=ANALYSIS_SCHEMA)
     assert records.column("reencode").null_count == 2  # two byte copies, two re-encodes
     (folder / "grace_hopper.jpg").unlink()  # a copy that vanished
     (folder / "coffee_cmyk.jpg").write_bytes((corpus / "images" / "astronaut.jpg").read_bytes())  # a re-encode
-
-    def members(table, ray_calls):
-        with ThreadPoolExecutor(cfg.write_threads) as pool:
-            return {os.path.basename(r["uri"]): r for r in shard_members(table, cfg, lambda: ray_calls.append(1), pool)}
-
-    calls: list[int] = []
-    rows = members(records, calls)
-    assert sorted(rows) == sorted(names) and calls, "every record once; Ray asked for the re-encodes"
-    assert rows["astronaut.jpg"]["image"] == (folder / "astronaut.jpg").read_bytes()
-    assert rows["astronaut.jpg"]["error"] is None and json.loads(rows["astronaut.jpg"]["json"])["width"] == 512
-    rocket = np.asarray(Image.open(io.BytesIO(rows["rocket_exif6.jpg"]["image"])))
-    assert rocket.shape == data.rocket().shape  # upright again: the re-encode applied the EXIF rotation
+    sizes = sizes_batch(records, cfg).to_pylist()
+    # a copy is sized from its analysis row (its file is read by the shard task); a re-encode is encoded to size it
+    assert [s["error"] is None for s in sizes] == [True, True, True, False]
+    (tmp_path / "shards").mkdir()
+    result = write_shard(str(tmp_path / "shards"), "curated-000000.tar", records, cfg)
+    rows = {os.path.basename(r["uri"]): r for r in result["rows"].to_pylist()}
+    assert sorted(rows) == sorted(names) and result["committed"] and result["pid"] == os.getpid()
     for name in ("grace_hopper.jpg", "coffee_cmyk.jpg"):
-        assert rows[name]["error"].startswith("changed_since_analysis") and rows[name]["image"] is None
-    copies_only = records.filter(pa.compute.is_null(records.column("reencode")))
-    calls.clear()
-    assert len(members(copies_only, calls)) == 2 and not calls, "no Ray start when nothing needs re-encoding"
+        assert rows[name]["error"].startswith("changed_since_analysis") and rows[name]["shard"] is None
+    shard = str(tmp_path / "shards" / "curated-000000.tar")
+    members = {_text(m["__key__"]): m for m in iter_members(shard)}
+    assert list(members) == [rows["astronaut.jpg"]["key"], rows["rocket_exif6.jpg"]["key"]]
+    astronaut = members[rows["astronaut.jpg"]["key"]]
+    assert astronaut["jpg"] == (folder / "astronaut.jpg").read_bytes() and json.loads(astronaut["json"])["width"] == 512
+    rocket = np.asarray(Image.open(io.BytesIO(members[rows["rocket_exif6.jpg"]["key"]]["jpg"])))
+    assert rocket.shape == data.rocket().shape  # upright again: the re-encode applied the EXIF rotation
+    # the sizes the planner used are the bytes each sample took in the tar
+    tar_bytes = (tmp_path / "shards" / "curated-000000.tar").stat().st_size
+    assert sizes[0]["size"] + sizes[2]["size"] + 1024 <= tar_bytes < sizes[0]["size"] + sizes[2]["size"] + 1024 + 10240
 
 
 def test_with_a_detector_decoding_runs_in_cpu_tasks_and_only_detection_in_actors(

@@ -225,7 +225,6 @@ def test_config_layers_and_errors(tmp_path):
         (["detector.name=yolo"], "name"),
         (["dedup.max_hamming=40"], "max_hamming"),
         (["detector.name=onnx"], "weights"),
-        (["write_threads=0"], "write_threads"),
         (["worker_niceness=20"], "worker_niceness"),
     ]:
         with pytest.raises(ConfigError, match=match):

@@ -11,8 +11,9 @@ import trimesh
 from PIL import Image
 
 from data_engine import readers
-from data_engine.curate import IMAGE_MEMBER, run_curate
+from data_engine.curate import run_curate
 from data_engine.curate_config import load_config
+from data_engine.curate_write import IMAGE_MEMBER
 from data_engine.sample import Sample, SampleError, decode, encode, encode_depth
 from data_engine.shards import ShardWriter, expand, iter_members, iter_samples
 from humanvision_cli import main
