@@ -173,10 +173,9 @@ def analyse_phase(
 def decide_phase(cfg: CurateConfig, state: State, ensure_ray: Callable[[], None], kills: Counter) -> None:
     """Keep / duplicate / reject every analysed input no decision records yet (data_engine/dedup_ray.py: on the
     cluster; the driver streams the state parts to it and its decisions into one part, written whole)."""
-    rows = lambda folder, schema: sum(t.num_rows for t in state.read(folder, schema, []))  # noqa: E731
     # Every analysed row gets exactly one decision row, once: equal counts mean nothing is left to decide, and a
     # re-run that only reports starts no Ray.
-    if rows(state.analysis, ANALYSIS_SCHEMA) <= rows(state.decisions, DECISION_SCHEMA):
+    if _row_count(state, state.analysis, ANALYSIS_SCHEMA) <= _row_count(state, state.decisions, DECISION_SCHEMA):
         return
     import ray
 
@@ -199,6 +198,10 @@ def decide_phase(cfg: CurateConfig, state: State, ensure_ray: Callable[[], None]
             written += table.num_rows
     if written:
         maybe_kill("decisions", kills)
+
+
+def _row_count(state: State, folder: str, schema: pa.Schema) -> int:
+    return sum(t.num_rows for t in state.read(folder, schema, []))
 
 
 def write_phase(
