@@ -38,6 +38,25 @@ def hv_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "humanvision_cli", *args]
 
 
+# Runs the `hv` commands given as one JSON list of argv lists, in order, and exits with the first non-zero code.
+_BATCH = """\
+import json, sys
+import humanvision_cli
+for argv in json.loads(sys.argv[1]):
+    try:
+        humanvision_cli.main(argv)
+    except SystemExit as e:
+        if e.code:
+            sys.exit(e.code)
+"""
+
+
+def hv_commands(*commands: Sequence[str]) -> list[str]:
+    """Several `hv` commands one after another in one interpreter, stopping at the first that fails: for short
+    commands whose imports (torch) cost more than their work, such as the four evaluations of one model."""
+    return [sys.executable, "-c", _BATCH, json.dumps([list(c) for c in commands])]
+
+
 def _next_line_end(data: bytes) -> int:
     ends = [i for i in (data.find(b"\n"), data.find(b"\r")) if i >= 0]
     return min(ends) if ends else -1
