@@ -14,8 +14,9 @@ One set of parametric bodies is rendered (`hv synth`) and split by subject into 
 photos the demo curates (`hv curate`), both stripped to image-only shards (`demo.data.image_only_members`: no
 label member, no person box, no subject), so MAE never sees a label; it must hold at least `min_pool_ratio` times
 the labelled images. One MAE run (`hv train pretrain`, its encoder exported) is shared by every fine-tuning seed
-unless `--vary-pretrain-seed` gives each seed its own. Each fine-tuning (`hv train finetune --task multi`) and
-each evaluation (`hv eval TASK`) is the real command in a subprocess, its log in OUT/logs/.
+unless `--vary-pretrain-seed` gives each seed its own. Each fine-tuning (`hv train finetune --task multi`) is
+the real command in a subprocess, and so are a model's four evaluations (`hv eval TASK`, one interpreter for the
+four); their logs are in OUT/logs/.
 
 Writes OUT/pretraining_value.json and OUT/pretraining_value.md (per task and arm: mean, sample std, min-max and
 every seed's number; the baselines beside them) and prints the table. Resumable: a stage whose outputs exist
@@ -155,14 +156,14 @@ PROFILES: dict[str, Settings] = {
         pretrain_loader_workers=8,
         decoder_dim=256,
         decoder_depth=4,
-        finetune_steps=2500,
+        finetune_steps=2000,
         finetune_batch_size=32,
         finetune_lr=5e-4,
         finetune_warmup=100,
         layer_decay=0.85,
         head_channels=128,
         pose_sigma=2.0,
-        finetune_loader_workers=6,
+        finetune_loader_workers=12,  # row making (decode, augment, targets) would otherwise starve the GPU
         eval_pictures=4,
     ),
     # The test's: every stage and output at the smallest size that still has every group and task.
@@ -375,14 +376,16 @@ def model_overrides(s: Settings) -> list[str]:
 def run_benchmark(
     out: Path, s: Settings, profile: str, eval_split: EvalSplit = "heldout", vary_pretrain_seed: bool = False
 ) -> dict[str, Any]:
-    """Every stage, then the table; returns the results (also written to OUT/pretraining_value.json)."""
+    """Every stage, then the table; returns the results (also written to OUT/pretraining_value.json).
+
+    A stage's fingerprint is its `hv` arguments (which carry every setting it uses), the device, and the
+    fingerprints of the stages whose outputs it reads."""
     from eval.tasks import EVAL_TASKS
     from train.models.tasks import TASK_NAMES
 
     out = out.resolve()  # every stage gets absolute paths, whatever its working directory
     paths = Paths(out)
-    views = s.views
-    check_groups(planned_groups(s), views, photos=0, s=s)  # before anything is rendered
+    check_groups(planned_groups(s), s.views, photos=0, s=s)  # before anything is rendered
     # The stages import this checkout's packages (not an installed copy), render with EGL and train on s.device.
     pythonpath = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
     env = {"PYOPENGL_PLATFORM": "egl", "RAY_USAGE_STATS_ENABLED": "0", "DS_ACCELERATOR": s.device}
@@ -391,40 +394,31 @@ def run_benchmark(
     (out / "settings.json").write_text(json.dumps({"profile": profile, **asdict(s)}, indent=2))
     h, w = s.image_size
 
+    synth_args = [
+        "synth", "--out", str(paths.synth), "--bodies", str(s.bodies), "--views", str(s.views),
+        "--size", s.render_size, "--seed", str(SYNTH_SEED), f"heldout_fraction={s.heldout_fraction}",
+        *(["inline=true"] if s.synth_inline else []),
+    ]  # fmt: skip
     synth_fp = run.stage(
-        "synth",
-        {"bodies": s.bodies, "views": views, "size": s.render_size, "heldout": s.heldout_fraction, "seed": SYNTH_SEED},
-        [paths.synth / "manifest.parquet"],
-        lambda: run.hv(
-            "synth", "synth", "--out", str(paths.synth), "--bodies", str(s.bodies), "--views", str(views),
-            "--size", s.render_size, "--seed", str(SYNTH_SEED), f"heldout_fraction={s.heldout_fraction}",
-            *(["inline=true"] if s.synth_inline else []),
-        ),
-    )  # fmt: skip
+        "synth", {"args": synth_args}, [paths.synth / "manifest.parquet"], lambda: run.hv("synth", *synth_args)
+    )
+
+    curate_args = [
+        "curate", str(paths.curate_inputs), "--out", str(paths.curate), "--detector", "none",
+        f"quality.min_short_side={s.curate_min_short_side}",
+    ]  # fmt: skip
 
     def curate() -> None:
         from demo.inputs import build_curation_inputs
 
         build_curation_inputs(paths.curate_inputs, renders=[])  # photos, duplicates, bad files; renders are pool's
-        run.hv(
-            "curate", "curate", str(paths.curate_inputs), "--out", str(paths.curate), "--detector", "none",
-            f"quality.min_short_side={s.curate_min_short_side}",
-        )  # fmt: skip
+        run.hv("curate", *curate_args)
 
-    curate_fp = run.stage(
-        "curate", {"min_short_side": s.curate_min_short_side}, [paths.curate / "manifest.parquet"], curate
-    )
+    curate_fp = run.stage("curate", {"args": curate_args}, [paths.curate / "manifest.parquet"], curate)
 
-    def split() -> None:
-        write_splits(paths, s)
-
-    split_fp = run.stage(
-        "split",
-        {"synth": synth_fp, "curate": curate_fp, "val": s.val_subjects, "labelled": s.labelled_subjects,
-         "min_pool_ratio": s.min_pool_ratio},
-        [paths.splits / "subjects.json"],
-        split,
-    )  # fmt: skip
+    split_params = {"after": [synth_fp, curate_fp], "val": s.val_subjects, "labelled": s.labelled_subjects}
+    split_params["min_pool_ratio"] = s.min_pool_ratio
+    split_fp = run.stage("split", split_params, [paths.splits / "subjects.json"], lambda: write_splits(paths, s))
     subjects = json.loads((paths.splits / "subjects.json").read_text())
     print(
         "    subjects: "
@@ -432,67 +426,51 @@ def run_benchmark(
         + f"; pool photos {subjects['images']['photos']}"
     )
 
-    pretrain_params = {
-        "split": split_fp, "arch": s.arch, "depth": s.model_depth, "image_size": s.image_size,
-        "patch": s.patch_size, "steps": s.pretrain_steps, "batch": s.pretrain_batch_size, "lr": s.pretrain_lr,
-        "warmup": s.pretrain_warmup, "decoder": [s.decoder_dim, s.decoder_depth], "procs": s.pretrain_procs,
-        "workers": s.pretrain_loader_workers, "device": s.device,
-    }  # fmt: skip
     pretrain_fps: dict[int | None, str] = {}
     for pseed in range(s.seeds) if vary_pretrain_seed else [None]:
-        folder = paths.pretrain(pseed)
+        folder, suffix = paths.pretrain(pseed), "" if pseed is None else f"-seed{pseed}"
+        pretrain_args = [
+            "train", "pretrain", "--config", "configs/pretrain/tiny.yaml", "--out", str(folder),
+            *launch_args(s.device, s.pretrain_procs),
+            f"data.shards={paths.splits / 'pool'},{paths.splits / 'photos'}",
+            f"data.num_workers={s.pretrain_loader_workers}", f"seed={pseed or 0}",
+            f"steps={s.pretrain_steps}", f"batch_size={s.pretrain_batch_size}", "zero_stage=0",
+            f"optim.lr={s.pretrain_lr}", f"optim.warmup_steps={s.pretrain_warmup}",
+            f"ckpt_every={max(s.pretrain_steps // 4, 1)}", f"log_every={max(s.pretrain_steps // 50, 1)}",
+            f"model.img_size=[{h},{w}]", f"model.decoder_dim={s.decoder_dim}",
+            f"model.decoder_depth={s.decoder_depth}", *model_overrides(s),
+        ]  # fmt: skip
 
-        def pretrain(folder: Path = folder, pseed: int | None = pseed) -> None:
-            run.hv(
-                f"pretrain{'' if pseed is None else f'-seed{pseed}'}", "train", "pretrain",
-                "--config", "configs/pretrain/tiny.yaml", "--out", str(folder),
-                *launch_args(s.device, s.pretrain_procs),
-                f"data.shards={paths.splits / 'pool'},{paths.splits / 'photos'}",
-                f"data.num_workers={s.pretrain_loader_workers}", f"seed={pseed or 0}",
-                f"steps={s.pretrain_steps}", f"batch_size={s.pretrain_batch_size}", "zero_stage=0",
-                f"optim.lr={s.pretrain_lr}", f"optim.warmup_steps={s.pretrain_warmup}",
-                f"ckpt_every={max(s.pretrain_steps // 4, 1)}", f"log_every={max(s.pretrain_steps // 50, 1)}",
-                f"model.img_size=[{h},{w}]", f"model.decoder_dim={s.decoder_dim}",
-                f"model.decoder_depth={s.decoder_depth}", *model_overrides(s),
-            )  # fmt: skip
-            run.hv(f"export-weights{'' if pseed is None else f'-seed{pseed}'}", "train", "export-weights",
-                   str(folder), "--part", "encoder")  # fmt: skip
+        def pretrain(args: list[str] = pretrain_args, folder: Path = folder, suffix: str = suffix) -> None:
+            run.hv(f"pretrain{suffix}", *args)
+            run.hv(f"export-weights{suffix}", "train", "export-weights", str(folder), "--part", "encoder")
 
-        pretrain_fps[pseed] = run.stage(
-            folder.name, {**pretrain_params, "seed": pseed or 0}, [folder / "encoder.safetensors"], pretrain
-        )
+        params = {"args": pretrain_args, "device": s.device, "after": [split_fp]}
+        pretrain_fps[pseed] = run.stage(folder.name, params, [folder / "encoder.safetensors"], pretrain)
 
-    finetune_params = {
-        "split": split_fp, "arch": s.arch, "depth": s.model_depth, "image_size": s.image_size,
-        "patch": s.patch_size, "steps": s.finetune_steps, "batch": s.finetune_batch_size, "lr": s.finetune_lr,
-        "warmup": s.finetune_warmup, "layer_decay": s.layer_decay, "heads": s.head_channels,
-        "sigma": s.pose_sigma, "workers": s.finetune_loader_workers, "extra": s.finetune_extra, "device": s.device,
-    }  # fmt: skip
     finetune_fps: dict[tuple[Arm, int], str] = {}
     for seed in range(s.seeds):
         for arm in ARMS:
-            folder = paths.finetune(arm, seed)
+            folder, name = paths.finetune(arm, seed), f"finetune-{arm}-seed{seed}"
             pretrain_key = seed if vary_pretrain_seed else None
-            encoder = paths.pretrain(pretrain_key) / "encoder.safetensors"
-            init = ["--init", str(encoder)] if arm == "mae" else []
-
-            def finetune(folder: Path = folder, init: list[str] = init, seed: int = seed, arm: Arm = arm) -> None:
-                run.hv(
-                    f"finetune-{arm}-seed{seed}", "train", "finetune", "--task", "multi",
-                    "--config", "configs/finetune/multi_tiny.yaml", "--out", str(folder), "--in-process", *init,
-                    f"data.shards={paths.splits / 'labelled'}", f"data.num_workers={s.finetune_loader_workers}",
-                    f"seed={seed}", f"steps={s.finetune_steps}", f"batch_size={s.finetune_batch_size}",
-                    f"optim.lr={s.finetune_lr}", f"optim.warmup_steps={s.finetune_warmup}",
-                    f"optim.layer_decay={s.layer_decay}", f"log_every={max(s.finetune_steps // 50, 1)}",
-                    f"model.image_size=[{h},{w}]", f"model.head_channels={s.head_channels}",
-                    f"pose.sigma={s.pose_sigma}", *model_overrides(s), *s.finetune_extra,
-                )  # fmt: skip
-
-            params = {**finetune_params, "seed": seed, "arm": arm}
-            if arm == "mae":
-                params["pretrain"] = pretrain_fps[pretrain_key]
-            name = f"finetune-{arm}-seed{seed}"
-            finetune_fps[arm, seed] = run.stage(name, params, [folder / "model.safetensors"], finetune)
+            init = ["--init", str(paths.pretrain(pretrain_key) / "encoder.safetensors")] if arm == "mae" else []
+            finetune_args = [
+                "train", "finetune", "--task", "multi", "--config", "configs/finetune/multi_tiny.yaml",
+                "--out", str(folder), "--in-process", *init,
+                f"data.shards={paths.splits / 'labelled'}", f"data.num_workers={s.finetune_loader_workers}",
+                f"seed={seed}", f"steps={s.finetune_steps}", f"batch_size={s.finetune_batch_size}",
+                f"optim.lr={s.finetune_lr}", f"optim.warmup_steps={s.finetune_warmup}",
+                f"optim.layer_decay={s.layer_decay}", f"log_every={max(s.finetune_steps // 50, 1)}",
+                f"model.image_size=[{h},{w}]", f"model.head_channels={s.head_channels}",
+                f"pose.sigma={s.pose_sigma}", *model_overrides(s), *s.finetune_extra,
+            ]  # fmt: skip
+            after = [split_fp] + ([pretrain_fps[pretrain_key]] if arm == "mae" else [])
+            finetune_fps[arm, seed] = run.stage(
+                name,
+                {"args": finetune_args, "device": s.device, "after": after},
+                [folder / "model.safetensors"],
+                lambda name=name, args=finetune_args: run.hv(name, *args),
+            )
 
     for seed in range(s.seeds):
         for arm in ARMS:
@@ -506,7 +484,7 @@ def run_benchmark(
             ]  # fmt: skip
             run.stage(
                 name,
-                {"finetune": finetune_fps[arm, seed], "split": eval_split, "pictures": s.eval_pictures},
+                {"args": commands, "after": [finetune_fps[arm, seed]]},
                 [folder / "metrics.json" for folder in folders],
                 lambda name=name, commands=commands: run.hv_batch(name, commands),
             )
@@ -523,7 +501,7 @@ def run_benchmark(
         )
         baselines_path.write_text(json.dumps(scores, indent=2))
 
-    run.stage(f"baselines-{eval_split}", {"split": split_fp, "eval": eval_split}, [baselines_path], baselines)
+    run.stage(f"baselines-{eval_split}", {"after": [split_fp], "eval": eval_split}, [baselines_path], baselines)
 
     results = collect_results(paths, s, profile, eval_split, vary_pretrain_seed, subjects, run.timings)
     results["tasks"] = {
