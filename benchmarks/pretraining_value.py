@@ -19,7 +19,8 @@ the real command in a subprocess, and so are a model's four evaluations (`hv eva
 four); their logs are in OUT/logs/.
 
 Writes OUT/pretraining_value.json and OUT/pretraining_value.md (per task and arm: mean, sample std, min-max and
-every seed's number; the baselines beside them) and prints the table. Resumable: a stage whose outputs exist
+every seed's number; the baselines beside them; `-val` before the suffix for --eval-split val) and prints the
+table. Resumable: a stage whose outputs exist
 with the same settings is skipped; one whose settings changed (a profile value edited) is redone, and so is
 everything downstream of it. Each stage's wall time is printed and kept in OUT/stage_seconds.json.
 """
@@ -376,7 +377,7 @@ def model_overrides(s: Settings) -> list[str]:
 def run_benchmark(
     out: Path, s: Settings, profile: str, eval_split: EvalSplit = "heldout", vary_pretrain_seed: bool = False
 ) -> dict[str, Any]:
-    """Every stage, then the table; returns the results (also written to OUT/pretraining_value.json).
+    """Every stage, then the table; returns the results (also written to OUT/pretraining_value[-val].json).
 
     A stage's fingerprint is its `hv` arguments (which carry every setting it uses), the device, and the
     fingerprints of the stages whose outputs it reads."""
@@ -512,11 +513,12 @@ def run_benchmark(
     for task, row in results["tasks"].items():
         b = baselines_scores.get(task)
         row["baseline"] = None if b is None else {"method": b["method"], "value": float(b[row["metric"]])}
-    (out / "pretraining_value.json").write_text(json.dumps(results, indent=2))
+    stem = out / ("pretraining_value" if eval_split == "heldout" else f"pretraining_value-{eval_split}")
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2))
     table = markdown(results)
-    (out / "pretraining_value.md").write_text(table)
+    stem.with_suffix(".md").write_text(table)
     print("\n" + table)
-    print(f"written: {out / 'pretraining_value.json'}, {out / 'pretraining_value.md'}")
+    print(f"written: {stem.with_suffix('.json')}, {stem.with_suffix('.md')}")
     return results
 
 
