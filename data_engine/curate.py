@@ -1,6 +1,7 @@
 """The curation DAG: inputs -> read/decode/quality/phash (Ray tasks) -> person detection (Ray actors) ->
 global dedup (Ray tasks, data_engine/dedup_ray.py) -> shard plan (sizes in Ray tasks) -> one Ray task per shard,
-reading its members and writing its tar atomically (data_engine/curate_write.py) -> manifest (driver).
+reading its members and writing its tar atomically (data_engine/curate_write.py) -> manifest (a Ray task,
+data_engine/curate_join.py).
 
     hv curate photos/ more/*.jpg list.parquet --out runs/curated --detector none
     hv curate s3://bucket/raw/ --out /mnt/shared/curated --ray-address auto detector.concurrency=8
@@ -22,16 +23,18 @@ an upload under the final name once complete), and each phase only adds what the
                                     shard a kill interrupted is written again as planned (tasks finish in any
                                     order), so names and bytes equal an unbroken run's
     state/written/<shard>.parquet   the URIs inside each complete shard (a shard committed just before a kill
-                                    is found on restart and its part rebuilt from the tar's keys)
+                                    is found on restart and its part rebuilt from the tar's samples)
 So a kill -9 at any point costs at most one checkpoint of analysis and the shards being written, and loses or
 repeats no sample. New inputs on an existing folder are analysed and deduplicated against everything there.
 
-Memory. The driver streams: it holds one chunk of URIs (`chunk_size`) and Ray's bounded queues of results; the
-global dedup runs on the cluster, the driver passing it one state part at a time and holding only object
-references and counts. The write phase's planner holds one chunk of records, the open
-shard's and the references of the shard tasks in flight; no image byte passes through the driver. (The write
-phase's bookkeeping and the manifest still hold a few small figures per input: the accepted, written and planned
-URIs and the accepted keys, the decisions and shards joined into the manifest.)
+Memory. The driver holds counters and file paths, not per-input rows: one chunk of URIs (`chunk_size`) and Ray's
+bounded queues of results in the analysis; the global dedup runs on the cluster, the driver passing it one state
+part at a time and holding only object references and counts (data_engine/dedup_ray.py); which listed inputs are
+analysed already, which accepted records are still to write, and the manifest join run on the cluster too, each
+URI's rows meeting in one task by a hash of the URI (data_engine/curate_join.py). The write phase's planner holds
+one chunk of records, the open shard's and the references of the shard tasks in flight; no image byte passes
+through the driver. (The listing itself, data_engine/inputs.iter_uris, still remembers the URIs it has named, so
+that an input named twice is curated once.)
 """
 
 from __future__ import annotations
@@ -53,8 +56,16 @@ import pyarrow.parquet as pq
 from data_engine import manifest as manifest_lib
 from data_engine.analysis import ANALYSIS_SCHEMA
 from data_engine.curate_config import CurateConfig, DetectorName, check_same_policy, to_yaml
+from data_engine.curate_join import (
+    AnalysedFilter,
+    StateFiles,
+    cluster_pieces,
+    manifest_on_cluster,
+    pending_records,
+    reconcile_on_cluster,
+)
 from data_engine.curate_ray import analysis_dataset, ray_session
-from data_engine.curate_report import build_manifest, summary_text
+from data_engine.curate_report import summary_text
 from data_engine.curate_state import (
     DECISION_SCHEMA,
     SHARD_PREFIX,
@@ -63,8 +74,7 @@ from data_engine.curate_state import (
     check_output_folder,
     maybe_hold,
     maybe_kill,
-    reconcile_shards,
-    written_uris,
+    missing_shard_parts,
 )
 from data_engine.curate_write import (
     ShardTasks,
@@ -73,7 +83,6 @@ from data_engine.curate_write import (
     plan_shards,
     planned_records,
     ray_sizer,
-    read_plan,
     remove_temporaries,
     shard_index,
     write_plan,
@@ -134,9 +143,14 @@ def analyse_phase(
     cfg: CurateConfig, state: State, ensure_ray: Callable[[], None], kills: Counter, report: RunReport
 ) -> int:
     """Analyse the inputs no checkpoint records yet; fills report.listing and report.images_per_node."""
-    known = set(state.column(state.analysis, ANALYSIS_SCHEMA, "uri"))
     uris = iter_uris(cfg.inputs, cfg.decode.extensions, cfg.uri_column, report.listing)
-    fresh = (u for u in uris if u not in known)
+    analysed: AnalysedFilter | None = None
+    fresh: Iterable[str] = uris
+    files = StateFiles.of(state)
+    if files.analysis:  # a re-run: the URIs analysed before are skipped, looked up on the cluster a chunk at a time
+        ensure_ray()
+        analysed = AnalysedFilter(files, cluster_pieces(), credentials_env(state.out))
+        fresh = (u for chunk in _chunks(uris, cfg.chunk_size) for u in analysed.fresh(chunk))
     progress = _Progress(cfg.progress, "analyse")
     new = 0
     pending: list[pa.Table] = []
@@ -167,6 +181,8 @@ def analyse_phase(
             flush()
     finally:
         progress.close()
+        if analysed is not None:
+            analysed.close()
     return new
 
 
@@ -174,15 +190,11 @@ def decide_phase(cfg: CurateConfig, state: State, ensure_ray: Callable[[], None]
     """Keep / duplicate / reject every analysed input no decision records yet (data_engine/dedup_ray.py: on the
     cluster; the driver streams the state parts to it and its decisions into one part, written whole)."""
     # Every analysed row gets exactly one decision row, once: equal counts mean nothing is left to decide, and a
-    # re-run that only reports starts no Ray.
+    # re-run that only reports starts no dedup.
     if _row_count(state, state.analysis, ANALYSIS_SCHEMA) <= _row_count(state, state.decisions, DECISION_SCHEMA):
         return
-    import ray
-
     ensure_ray()
-    # One piece per CPU spreads each stage over the cluster; past 64 the (parts + P) * P objects cost more than
-    # the extra parallelism gives.
-    pieces = max(1, min(64, int(ray.cluster_resources().get("CPU", 1))))
+    pieces = cluster_pieces()  # past 64 the (parts + P) * P objects cost more than the extra parallelism gives
     analysis = state.read(state.analysis, ANALYSIS_SCHEMA, ANALYSIS_COLUMNS)
     decisions = state.read(state.decisions, DECISION_SCHEMA, ["uri", "status"])
     written = 0
@@ -207,25 +219,24 @@ def _row_count(state: State, folder: str, schema: pa.Schema) -> int:
 def write_phase(
     cfg: CurateConfig, state: State, ensure_ray: Callable[[], None], kills: Counter, report: RunReport
 ) -> int:
-    """Write the accepted records no shard holds yet, one Ray task per shard (data_engine/curate_write.py)."""
-    accepted = {
-        uri
-        for t in state.read(state.decisions, DECISION_SCHEMA, ["uri", "status"])
-        for uri, status in zip(t.column("uri").to_pylist(), t.column("status").to_pylist(), strict=True)
-        if status == "accepted"
-    }
+    """Write the accepted records no shard holds yet, one Ray task per shard (data_engine/curate_write.py); which
+    records those are is worked out on the cluster (data_engine/curate_join.py): the driver holds counts and names."""
+    accepted = _accepted_count(state)
     if not accepted:
         return 0
-    key_of = {}
-    for t in state.read(state.analysis, ANALYSIS_SCHEMA, ["uri", "key"]):
-        for uri, key in zip(t.column("uri").to_pylist(), t.column("key").to_pylist(), strict=True):
-            if uri in accepted:
-                key_of[key] = uri
-    reconcile_shards(state, key_of)
+    env = credentials_env(state.out)
+    missing = missing_shard_parts(state)
+    if missing:
+        ensure_ray()
+        reconcile_on_cluster(state, missing, env)
     plans = plan_names(state)
     unfinished = [n for n in plans if not state.out.exists(state.shard_part(n))]
-    planned = {u for n in plans for u in read_plan(state, n).column("uri").to_pylist()}
-    todo = accepted - written_uris(state) - planned
+    # Every accepted URI gets one written row (its shard's, or its error), once: as many written rows as accepted
+    # decisions and no plan unfinished mean nothing is left to write.
+    if not unfinished and _row_count(state, state.written, WRITTEN_SCHEMA) >= accepted:
+        return 0
+    ensure_ray()
+    todo, chunks = pending_records(state, cluster_pieces(), cfg.chunk_size, env)
     if not todo and not unfinished:
         return 0
     ensure_ray()
@@ -257,7 +268,6 @@ def write_phase(
             tasks.submit(name, records, [])
         index = 1 + max((shard_index(n) for n in [*plans, *state.shard_names()]), default=-1)
         leftover: list[dict[str, Any]] = []
-        chunks = _pending_records(state, todo, cfg.chunk_size)
         for shard in plan_shards(chunks, ray_sizer(cfg), cfg.shard_max_count, cfg.shard_max_bytes):
             if shard.records is None:
                 leftover = shard.errors
@@ -275,20 +285,9 @@ def write_phase(
     return written
 
 
-def _pending_records(state: State, todo: set[str], chunk_size: int) -> Iterator[pa.Table]:
-    buffer: list[pa.Table] = []
-    rows = 0
-    for table in state.read(state.analysis, ANALYSIS_SCHEMA):
-        mask = pa.array([u in todo for u in table.column("uri").to_pylist()], pa.bool_())
-        selected = table.filter(mask)
-        if selected.num_rows:
-            buffer.append(selected)
-            rows += selected.num_rows
-        if rows >= chunk_size:
-            yield pa.concat_tables(buffer)
-            buffer, rows = [], 0
-    if buffer:
-        yield pa.concat_tables(buffer)
+def _accepted_count(state: State) -> int:
+    tables = state.read(state.decisions, DECISION_SCHEMA, ["status"])
+    return sum(pc.sum(pc.equal(t.column("status"), "accepted")).as_py() or 0 for t in tables)
 
 
 def run_curate(cfg: CurateConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -328,9 +327,10 @@ def run_curate(cfg: CurateConfig, log: Callable[[str], None] = print) -> dict[st
         t = time.perf_counter()
         report.written = write_phase(cfg, state, ensure_ray, kills, report)
         report.phase_seconds["write"] = time.perf_counter() - t
-    t = time.perf_counter()
-    counts = build_manifest(state, "manifest.parquet")
-    report.phase_seconds["manifest"] = time.perf_counter() - t
+        t = time.perf_counter()
+        ensure_ray()
+        counts = manifest_on_cluster(state, "manifest.parquet", cluster_pieces(), credentials_env(out))
+        report.phase_seconds["manifest"] = time.perf_counter() - t
     seconds = time.perf_counter() - started
     shards = state.shard_names()
     stats = {

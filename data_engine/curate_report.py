@@ -1,4 +1,5 @@
-"""The end of a `hv curate` run: manifest.parquet joined from the state files, and the summary it prints."""
+"""The end of a `hv curate` run: the summary it prints, and the in-driver manifest join (the reference for the
+cluster one, data_engine/curate_join.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from data_engine.manifest import MANIFEST_SCHEMA
 
 def build_manifest(state: State, rel: str) -> dict[str, Any]:
     """Join analysis, decisions and shards into `rel` (manifest.parquet under the output folder; streamed, written
-    whole or not at all); returns the counts."""
+    whole or not at all); returns the counts. Every URI's decision and shard in memory: how `hv curate` built the
+    manifest before data_engine/curate_join.manifest_on_cluster, kept as the reference its tests compare with."""
     decisions: dict[str, tuple[str, str | None, str | None]] = {}
     for t in state.read(state.decisions, DECISION_SCHEMA):
         for r in t.to_pylist():

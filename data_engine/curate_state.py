@@ -50,18 +50,18 @@ class State:
         for folder in (self.analysis, self.decisions, self.written, self.shards):
             out.makedirs(folder)
 
-    def _parts(self, folder: str) -> list[str]:
+    def parts(self, folder: str) -> list[str]:
         return [f"{folder}/{p}" for p in self.out.list(folder) if p.endswith(".parquet") and p[0] != "."]
 
     def read(self, folder: str, schema: pa.Schema, columns: list[str] | None = None) -> Iterator[pa.Table]:
-        for path in self._parts(folder):
+        for path in self.parts(folder):
             yield self.out.read_table(path, schema=schema, columns=columns)
 
     def column(self, folder: str, schema: pa.Schema, name: str) -> list:
         return [v for t in self.read(folder, schema, [name]) for v in t.column(name).to_pylist()]
 
     def next_part(self, folder: str) -> str:
-        names = [os.path.basename(p) for p in self._parts(folder)]
+        names = [os.path.basename(p) for p in self.parts(folder)]
         numbers = [int(n[5:11]) for n in names if n[:5] == "part-"]
         return f"{folder}/part-{max(numbers, default=-1) + 1:06d}.parquet"
 
@@ -95,27 +95,23 @@ def maybe_hold(point: str) -> None:
             time.sleep(0.05)
 
 
-def written_uris(state: State) -> set[str]:
-    return set(state.column(state.written, WRITTEN_SCHEMA, "uri"))
+def missing_shard_parts(state: State) -> list[str]:
+    """The complete shards without a part in state/written: committed just before a kill."""
+    return [name for name in state.shard_names() if not state.out.exists(state.shard_part(name))]
 
 
-def reconcile_shards(state: State, accepted_by_key: dict[str, str]) -> None:
-    """A shard committed just before a kill has no part in state/written: rebuild it from the tar's keys."""
+def reconcile_shard(state: State, name: str) -> None:
+    """Rebuild the state/written part of the shard `name` from its tar: each sample's key, and its input's URI from
+    the sample's own `json` (`source.uri`, the analysis row's URI)."""
     from data_engine.shards import iter_members
 
-    for name in state.shard_names():
-        if state.out.exists(state.shard_part(name)):
-            continue
-        rows = []
-        for members in iter_members(state.out.uri(f"{state.shards}/{name}")):
-            raw = members["__key__"]
-            key = raw.decode() if isinstance(raw, bytes) else str(raw)
-            uri = accepted_by_key.get(key)
-            if uri is None:
-                meta = json.loads(members["json"])
-                uri = meta["source"]["uri"]
-            rows.append({"uri": uri, "key": key, "shard": f"shards/{name}", "error": None})
-        state.out.write_table(state.shard_part(name), pa.Table.from_pylist(rows, schema=WRITTEN_SCHEMA))
+    rows = []
+    for members in iter_members(state.out.uri(f"{state.shards}/{name}")):
+        raw = members["__key__"]
+        key = raw.decode() if isinstance(raw, bytes) else str(raw)
+        uri = json.loads(members["json"])["source"]["uri"]
+        rows.append({"uri": uri, "key": key, "shard": f"shards/{name}", "error": None})
+    state.out.write_table(state.shard_part(name), pa.Table.from_pylist(rows, schema=WRITTEN_SCHEMA))
 
 
 def check_output_folder(out: OutputFS, create: bool) -> None:

@@ -15,8 +15,9 @@ shard's members on its own node and writes its tar.
 Why a plan file. Shard tasks finish in any order, so a kill -9 can leave shard 7 committed and shard 6 not; a re-run
 must write shard 6 with exactly the members the first run meant, or names and bytes would differ from an unbroken
 run. So a plan without a written part is written again from the plan, whatever else was committed meanwhile; the
-shards committed without a written part get it rebuilt from their tar (curate_state.reconcile_shards), and only
-records in no plan and no written part are planned anew, numbered after every shard planned or written.
+shards committed without a written part get it rebuilt from their tar (curate_state.reconcile_shard, in a Ray
+task), and only records in no plan and no written part (found on the cluster: data_engine/curate_join.py) are planned
+anew, numbered after every shard planned or written.
 
 The driver holds one chunk of records, the open shard's records (at most `shard_max_count`) and the references of
 the shard tasks in flight (two per cluster CPU). A byte copy whose file changed after its analysis is found by its

@@ -91,8 +91,9 @@ def _spread(values: np.ndarray, pieces: int) -> np.ndarray:
     return ((mixed >> np.uint64(32)) % np.uint64(pieces)).astype(np.int64)
 
 
-def _uri_piece(uris: pa.ChunkedArray, pieces: int) -> np.ndarray:
-    # A digest, not hash(): Python salts str hashes per process, and every task must agree.
+def uri_piece(uris: pa.ChunkedArray | pa.Array, pieces: int) -> np.ndarray:
+    """The piece (0..pieces-1) of each URI. A digest, not hash(): Python salts str hashes per process, and every task
+    must agree."""
     digests = (hashlib.blake2b(u.encode(), digest_size=8).digest() for u in uris.to_pylist())
     return _spread(np.frombuffer(b"".join(digests), dtype=np.uint64), pieces)
 
@@ -115,12 +116,12 @@ def _concat(tables: Iterable[pa.Table], schema: pa.Schema) -> pa.Table:
 
 def split_analysis(table: pa.Table, part: int, pieces: int) -> Any:
     table = table.select(ANALYSIS_COLUMNS).append_column("node", pa.array(_ids(part, table.num_rows)))
-    return _returns(_split(table, _uri_piece(table.column("uri"), pieces), pieces))
+    return _returns(_split(table, uri_piece(table.column("uri"), pieces), pieces))
 
 
 def split_decisions(table: pa.Table, part: int, pieces: int) -> Any:
     table = table.select(["uri", "status"]).append_column("order", pa.array(_ids(part, table.num_rows)))
-    return _returns(_split(table, _uri_piece(table.column("uri"), pieces), pieces))
+    return _returns(_split(table, uri_piece(table.column("uri"), pieces), pieces))
 
 
 def join(pieces: int, max_hamming: int, near: bool, n_analysis: int, *tables: pa.Table) -> Any:
