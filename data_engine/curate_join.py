@@ -286,7 +286,7 @@ def write_manifest(files: StateFiles, pieces: int, rel: str) -> dict[str, Any]:
 
 def manifest_on_cluster(state: State, rel: str, pieces: int, runtime_env: dict[str, Any] | None) -> dict[str, Any]:
     """Join analysis, decisions and shards into `rel` (manifest.parquet) on the cluster; returns the counts. The same
-    file and counts as curate_report.build_manifest (the in-driver reference)."""
+    file and counts as the in-driver join it replaced (the reference in tests/data_engine/test_curate_join.py)."""
     import ray
 
     task = ray.remote(write_manifest).options(**_options(runtime_env, num_cpus=0))  # it waits on its pieces' CPUs

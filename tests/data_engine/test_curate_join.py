@@ -12,20 +12,24 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from data_engine import manifest as manifest_lib
 from data_engine.analysis import ANALYSIS_SCHEMA
 from data_engine.curate import run_curate
 from data_engine.curate_config import load_config
 from data_engine.curate_join import AnalysedFilter, StateFiles, manifest_on_cluster, pending_records
-from data_engine.curate_report import build_manifest
 from data_engine.curate_state import DECISION_SCHEMA, WRITTEN_SCHEMA, State
 from data_engine.curate_write import PLAN_FOLDER, PLAN_SCHEMA, write_plan
+from data_engine.decode import reason_code
+from data_engine.manifest import MANIFEST_SCHEMA
 from data_engine.output_fs import OutputFS
 
 
@@ -121,7 +125,7 @@ def test_joins_on_the_cluster_equal_the_driver_code(ray_local, tmp_path, pieces)
     assert all(g.equals(w) for g, w in zip(got, want, strict=True))
 
     counts = manifest_on_cluster(state, "manifest.parquet", pieces, None)
-    assert counts == build_manifest(state, "reference.parquet") and counts["unfinished"] > 0
+    assert counts == _manifest_in_driver(state, "reference.parquet") and counts["unfinished"] > 0
     manifest = pq.read_table(tmp_path / "out" / "manifest.parquet")
     assert manifest.equals(pq.read_table(tmp_path / "out" / "reference.parquet")) and manifest.num_rows > 0
 
@@ -136,7 +140,7 @@ def _joins(state: State, path: str) -> None:
             [u for u in chunk if u not in known]
         for _ in _pending_in_driver(state, 1000):
             pass
-        build_manifest(state, "manifest.parquet")
+        _manifest_in_driver(state, "manifest.parquet")
         return
     index = AnalysedFilter(StateFiles.of(state), 2, None)
     for chunk in listing:
@@ -261,3 +265,44 @@ def test_resume_after_a_partial_analysis_analyses_exactly_the_rest(ray_local, co
 def _rows(manifest: pa.Table) -> list[dict]:
     # By URI, as the kill tests compare: the analysis tasks may finish in another order in a re-run.
     return sorted(manifest.to_pylist(), key=lambda r: r["uri"])
+
+
+def _manifest_in_driver(state: State, rel: str) -> dict[str, Any]:
+    """How `hv curate` built the manifest before data_engine/curate_join.manifest_on_cluster, every URI's decision and
+    shard in the driver's memory: the reference the cluster join is compared with. Writes `rel`, returns the counts."""
+    decisions: dict[str, tuple[str, str | None, str | None]] = {}
+    for t in state.read(state.decisions, DECISION_SCHEMA):
+        for r in t.to_pylist():
+            decisions[r["uri"]] = (r["status"], r["reason"], r["duplicate_of"])
+    written: dict[str, tuple[str | None, str | None]] = {}
+    for t in state.read(state.written, WRITTEN_SCHEMA):
+        for r in t.to_pylist():
+            written[r["uri"]] = (r["shard"], r["error"])
+    by_status: Counter[str] = Counter()
+    by_reason: Counter[str] = Counter()
+    undecided = 0
+    seen: set[str] = set()
+    with state.out.open_atomic(rel) as stream, pq.ParquetWriter(stream, MANIFEST_SCHEMA) as writer:
+        for table in state.read(state.analysis, ANALYSIS_SCHEMA):
+            rows = []
+            for r in table.to_pylist():
+                if r["uri"] in seen:
+                    continue
+                seen.add(r["uri"])
+                decision = decisions.get(r["uri"])
+                shard, error = written.get(r["uri"], (None, None))
+                if decision is None or (decision[0] == "accepted" and shard is None and error is None):
+                    undecided += 1
+                    continue
+                status, reason, duplicate_of = decision
+                if error is not None:
+                    status, reason = "rejected", error
+                row = {c: r.get(c) for c in manifest_lib.COLUMNS if c in r}
+                row.update(status=status, reason=reason, duplicate_of=duplicate_of, shard=shard)
+                rows.append(row)
+                by_status[status] += 1
+                if reason is not None:
+                    by_reason[reason_code(reason)] += 1
+            if rows:
+                writer.write_table(manifest_lib.to_table(rows))
+    return {"status": dict(by_status), "reason": dict(sorted(by_reason.items())), "unfinished": undecided}
