@@ -26,7 +26,7 @@ demo: setup
 	$(VENV)/bin/hv demo --out $(OUT)
 
 # gpu_check.py needs a GPU: `make gpu-check` runs it. timing.py is the scripts' shared helper, not a benchmark.
-# pretraining_value.py trains 7+ models (45 minutes on 2 cores): run it on its own (README, "Working on humanvision").
+# pretraining_value.py trains 7+ models (sized for 45 minutes on 2 cores): run it on its own (README, "Working on humanvision").
 bench: setup
 	@for script in $(filter-out benchmarks/gpu_check.py benchmarks/timing.py benchmarks/pretraining_value.py,$(wildcard benchmarks/*.py)); do \
 		echo "== $$script"; $(PY) $$script || exit 1; done
