@@ -4,10 +4,12 @@
     .venv/bin/python benchmarks/curate.py --n 300 --detectors none --repeats 1
     .venv/bin/python benchmarks/curate.py --images /tmp/bench-images   # generate once, reuse on later runs
     .venv/bin/python benchmarks/curate.py --inputs 2000 10000 --images /tmp/bench-small   # driver memory
+    .venv/bin/python benchmarks/curate.py --inputs 1000000 --inputs-size 96 --set quality.min_short_side=96 \
+        --images /tmp/bench-96   # 1M inputs: small images keep the run near an hour on 2 cores
 
-`--inputs N ...`: the driver's peak memory at N inputs (distinct 256x256 JPEGs, one list file of N URIs), each
-N curated from scratch in a fresh process: its peak RSS (ru_maxrss) once Ray has started and at the end, and
-the throughput. Growth with N is per-input state held by the driver.
+`--inputs N ...`: the driver's peak memory at N inputs (distinct JPEGs of `--inputs-size` pixels square, 256 by
+default, one list file of N URIs), each N curated from scratch in a fresh process: its peak RSS (ru_maxrss) once
+Ray has started and at the end, and the throughput. Growth with N is per-input state held by the driver.
 
 Data: varied photo-like JPEGs (random crops of 16 real photos shipped with scikit-image and matplotlib, flipped,
 colour-cast, overlaid with random shapes and sensor noise), plus `--dup-fraction` deliberate duplicates (byte
@@ -186,21 +188,42 @@ class Baselines:
 # ------------------------------------------------------------------------------------------- driver memory
 
 
-def make_small_images(folder: str, n: int) -> None:
-    """Distinct 256x256 JPEGs 0..n-1 in `folder` (each from its own seed: growing n keeps the earlier ones)."""
-    os.makedirs(folder, exist_ok=True)
+def _small_images(folder: str, size: int, indices: range) -> None:
     photos = None
-    for i in range(n):
+    for i in indices:
         path = os.path.join(folder, f"{i:07d}.jpg")
         if not os.path.exists(path):
             photos = photos or _photos()
-            image = _varied_image(photos, 256, 256, np.random.default_rng([7, i]))
+            image = _varied_image(photos, size, size, np.random.default_rng([7, i]))
             Image.fromarray(image).save(path, quality=85)
+
+
+def make_small_images(folder: str, n: int, size: int = 256, procs: int = 1) -> None:
+    """Distinct size x size JPEGs 0..n-1 in `folder` (each from its own seed: growing n keeps the earlier ones),
+    made by `procs` processes."""
+    if size < 96:
+        raise SystemExit(f"--inputs-size {size}: at least 96 (the varied images' shapes need it)")
+    os.makedirs(folder, exist_ok=True)
+    if procs <= 1:
+        _small_images(folder, size, range(n))
+        return
+    step = -(-n // (procs * 16))
+    with ProcessPoolExecutor(procs, mp_context=get_context("spawn")) as pool:
+        for done in [pool.submit(_small_images, folder, size, range(a, min(n, a + step))) for a in range(0, n, step)]:
+            done.result()
+
+
+def _private_mb() -> float:
+    """This process's private (anonymous) resident memory: unlike RSS, not the pages of Ray's shared object store
+    that the driver maps while it reads results."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssAnon:")) / 1024
 
 
 def _driver_run(list_file: str, out: str, cpus: int, overrides: list[str], results) -> None:
     """In a fresh process: curate the list from scratch and report this process's (the driver's) memory."""
     import resource
+    import threading
 
     import psutil
 
@@ -212,16 +235,38 @@ def _driver_run(list_file: str, out: str, cpus: int, overrides: list[str], resul
     cfg = load_config(None, settings, inputs=[list_file], out=out, detector={"name": "none"})
     with ray_session(cfg):
         at_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-        stats = run_curate(cfg, log=lambda s: None)
+        private = {"start": _private_mb(), "peak": _private_mb()}
+        done = threading.Event()
+
+        def sample() -> None:  # every 50 ms: private memory has no kernel-kept peak
+            while not done.wait(0.05):
+                private["peak"] = max(private["peak"], _private_mb())
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            stats = run_curate(cfg, log=lambda s: None)
+        finally:
+            done.set()
+            sampler.join()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         now = psutil.Process().memory_info().rss // 1024
-    results.put({"start_mb": at_start / 1024, "peak_mb": peak / 1024, "end_mb": now / 1024, "stats": stats})
+    results.put(
+        {
+            "start_mb": at_start / 1024,
+            "peak_mb": peak / 1024,
+            "end_mb": now / 1024,
+            "private_start_mb": private["start"],
+            "private_peak_mb": private["peak"],
+            "stats": stats,
+        }
+    )
 
 
-def driver_memory(sizes: list[int], images: str, cpus: int, overrides: list[str], work: str) -> None:
+def driver_memory(sizes: list[int], images: str, size: int, cpus: int, overrides: list[str], work: str) -> None:
     for n in sizes:
         t = time.perf_counter()
-        make_small_images(images, n)
+        make_small_images(images, n, size, cpus)
         print(f"{n} images ready in {time.perf_counter() - t:.1f} s", flush=True)
         list_file = os.path.join(work, f"inputs-{n}.txt")
         with open(list_file, "w") as f:
@@ -237,7 +282,8 @@ def driver_memory(sizes: list[int], images: str, cpus: int, overrides: list[str]
         run = r["stats"]["this_run"]
         print(
             f"inputs {n}: driver peak RSS {r['peak_mb']:.0f} MB (after Ray start {r['start_mb']:.0f} MB, "
-            f"+{r['peak_mb'] - r['start_mb']:.0f} MB during the job, {r['end_mb']:.0f} MB at the end); "
+            f"+{r['peak_mb'] - r['start_mb']:.0f} MB during the job, {r['end_mb']:.0f} MB at the end); private "
+            f"memory peak {r['private_peak_mb']:.0f} MB (+{r['private_peak_mb'] - r['private_start_mb']:.0f} MB); "
             f"{run['images_per_s']:.1f} img/s; {r['stats']['status']}; phases {run['phase_seconds']}",
             flush=True,
         )
@@ -260,6 +306,13 @@ def main() -> None:
     parser.add_argument("--ideal-sample", type=int, default=150, help="images timed in each plain loop")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="curate config overrides")
     parser.add_argument("--inputs", nargs="*", type=int, default=[], metavar="N", help="driver memory at N inputs")
+    parser.add_argument(
+        "--inputs-size",
+        type=int,
+        default=256,
+        metavar="PX",
+        help="side of the --inputs JPEGs (>= 96; set quality.min_short_side below it to accept them)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -271,7 +324,8 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="hv-bench-curate-")
     if args.inputs:
         try:
-            driver_memory(args.inputs, args.images or os.path.join(work, "small"), args.cpus, args.set, work)
+            images = args.images or os.path.join(work, "small")
+            driver_memory(args.inputs, images, args.inputs_size, args.cpus, args.set, work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return

@@ -33,8 +33,8 @@ part at a time and holding only object references and counts (data_engine/dedup_
 analysed already, which accepted records are still to write, and the manifest join run on the cluster too, each
 URI's rows meeting in one task by a hash of the URI (data_engine/curate_join.py). The write phase's planner holds
 one chunk of records, the open shard's and the references of the shard tasks in flight; no image byte passes
-through the driver. (The listing itself, data_engine/inputs.iter_uris, still remembers the URIs it has named, so
-that an input named twice is curated once.)
+through the driver. The listing streams too: which listed URIs are new (not analysed before, not named earlier in
+the listing, so that an input named twice is curated once) is asked of index actors on the cluster.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from data_engine import manifest as manifest_lib
 from data_engine.analysis import ANALYSIS_SCHEMA
 from data_engine.curate_config import CurateConfig, DetectorName, check_same_policy, to_yaml
 from data_engine.curate_join import (
-    AnalysedFilter,
+    ListedFilter,
     StateFiles,
     cluster_pieces,
     manifest_on_cluster,
@@ -144,13 +144,11 @@ def analyse_phase(
 ) -> int:
     """Analyse the inputs no checkpoint records yet; fills report.listing and report.images_per_node."""
     uris = iter_uris(cfg.inputs, cfg.decode.extensions, cfg.uri_column, report.listing)
-    analysed: AnalysedFilter | None = None
-    fresh: Iterable[str] = uris
-    files = StateFiles.of(state)
-    if files.analysis:  # a re-run: the URIs analysed before are skipped, looked up on the cluster a chunk at a time
-        ensure_ray()
-        analysed = AnalysedFilter(files, cluster_pieces(), credentials_env(state.out))
-        fresh = (u for chunk in _chunks(uris, cfg.chunk_size) for u in analysed.fresh(chunk))
+    # Which listed URIs are new (not analysed by an earlier run, not named earlier in this listing) is looked up
+    # on the cluster a chunk at a time, so the driver remembers no URI.
+    ensure_ray()
+    listed = ListedFilter(StateFiles.of(state), cluster_pieces(), credentials_env(state.out))
+    fresh = (u for chunk in _chunks(uris, cfg.chunk_size) for u in listed.fresh(chunk))
     progress = _Progress(cfg.progress, "analyse")
     new = 0
     pending: list[pa.Table] = []
@@ -181,8 +179,7 @@ def analyse_phase(
             flush()
     finally:
         progress.close()
-        if analysed is not None:
-            analysed.close()
+        listed.close()
     return new
 
 

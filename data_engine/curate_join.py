@@ -1,9 +1,10 @@
 """The per-input joins of `hv curate`, on the Ray cluster: the driver passes file paths and gets back counts (and, in
 the write phase, the selected rows of one analysis part at a time), so its memory does not grow with the inputs.
 
-    analysed   which listed URIs state/analysis already holds (skipped on resume): P actors (`AnalysedIndex`), each
-               holding the analysed URIs of one URI piece while the analyse phase runs; the driver asks them about
-               one chunk of the listing at a time (`AnalysedFilter`)
+    listed     which listed URIs are new: not in state/analysis (skipped on resume) and not named earlier in this
+               listing (an input named twice is curated once). P actors (`ListedIndex`), each holding the analysed
+               and the already listed URIs of one URI piece while the analyse phase runs; the driver asks them
+               about one chunk of the listing at a time (`ListedFilter`)
     pending    the accepted records that no shard holds or plans yet (the write phase's to-do), in analysis order:
                one task per URI piece (`pending_piece`) reads the URI columns of every state file and keeps its
                piece; a coordinating task (`pending_rows`) merges their (part, row) numbers and streams them to the
@@ -100,8 +101,8 @@ def _uris(out: OutputFS, paths: tuple[str, ...], schema: pa.Schema, piece: int, 
 # ------------------------------------------------------------------------------------- analysed (resume)
 
 
-class AnalysedIndex:
-    """Ray actor: the URIs of one piece that the analysis files `paths` hold."""
+class ListedIndex:
+    """Ray actor: the URIs of one piece that the analysis files `paths` hold or that the listing has named."""
 
     def __init__(self, out_uri: str, paths: tuple[str, ...], piece: int, pieces: int) -> None:
         out = OutputFS.open(out_uri)
@@ -109,19 +110,26 @@ class AnalysedIndex:
         for _, _, table in _read_piece(out, paths, ANALYSIS_SCHEMA, ["uri"], piece, pieces):
             self.uris.update(table.column("uri").to_pylist())
 
-    def analysed(self, uris: list[str]) -> np.ndarray:
-        return np.array([u in self.uris for u in uris], bool)
+    def claim(self, uris: list[str]) -> np.ndarray:
+        """Which of `uris` (in order) are new; they are remembered, so a later claim of one of them says no."""
+        new = np.zeros(len(uris), bool)
+        for i, uri in enumerate(uris):
+            if uri not in self.uris:
+                self.uris.add(uri)
+                new[i] = True
+        return new
 
 
-class AnalysedFilter:
-    """Drops the URIs that state/analysis already holds, asking the index actors about one list at a time."""
+class ListedFilter:
+    """Keeps the listed URIs that are new to the output folder and to this listing, asking the index actors about
+    one list at a time (each URI's piece answers for it, so the order within a list is kept)."""
 
     def __init__(self, files: StateFiles, pieces: int, runtime_env: dict[str, Any] | None) -> None:
         import ray
 
         self.pieces = pieces
         # num_cpus=0: they only answer look-ups, and must not take the CPUs the analysis tasks need.
-        actor = ray.remote(AnalysedIndex).options(**_options(runtime_env, num_cpus=0))
+        actor = ray.remote(ListedIndex).options(**_options(runtime_env, num_cpus=0))
         self.actors = [actor.remote(files.out_uri, files.analysis, p, pieces) for p in range(pieces)]
 
     def fresh(self, uris: list[str]) -> list[str]:
@@ -129,11 +137,11 @@ class AnalysedFilter:
 
         piece = uri_piece(pa.array(uris, pa.string()), self.pieces)
         groups = [np.flatnonzero(piece == p) for p in range(self.pieces)]
-        answers = ray.get([a.analysed.remote([uris[i] for i in g]) for a, g in zip(self.actors, groups, strict=True)])
-        known = np.zeros(len(uris), bool)
+        answers = ray.get([a.claim.remote([uris[i] for i in g]) for a, g in zip(self.actors, groups, strict=True)])
+        new = np.zeros(len(uris), bool)
         for g, answer in zip(groups, answers, strict=True):
-            known[g] = answer
-        return [u for u, k in zip(uris, known.tolist(), strict=True) if not k]
+            new[g] = answer
+        return [u for u, keep in zip(uris, new.tolist(), strict=True) if keep]
 
     def close(self) -> None:
         import ray

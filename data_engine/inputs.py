@@ -63,15 +63,15 @@ def check_inputs(inputs: list[str]) -> None:
 def iter_uris(
     inputs: list[str], extensions: list[str], uri_column: str = "uri", listing: ListingStats | None = None
 ) -> Iterator[str]:
-    """Every image URI named by `inputs`, each once, in a stable order; `listing` counts what folders skip."""
-    seen: set[str] = set()
+    """Every image URI named by `inputs`, in a stable order; `listing` counts what folders skip.
+
+    A URI named twice (a folder and a list file that both name it) comes twice: remembering every URI would grow
+    with the inputs, so `hv curate` drops the repeats on the cluster (data_engine/curate_join.ListedFilter).
+    """
     exts = tuple(e.lower() for e in extensions)
     listing = listing if listing is not None else ListingStats()
     for item in inputs:
-        for uri in _expand_one(item, exts, uri_column, listing):
-            if uri not in seen:
-                seen.add(uri)
-                yield uri
+        yield from _expand_one(item, exts, uri_column, listing)
 
 
 def _expand_one(item: str, exts: tuple[str, ...], uri_column: str, listing: ListingStats) -> Iterator[str]:

@@ -25,7 +25,7 @@ from data_engine import manifest as manifest_lib
 from data_engine.analysis import ANALYSIS_SCHEMA
 from data_engine.curate import run_curate
 from data_engine.curate_config import load_config
-from data_engine.curate_join import AnalysedFilter, StateFiles, manifest_on_cluster, pending_records
+from data_engine.curate_join import ListedFilter, StateFiles, manifest_on_cluster, pending_records
 from data_engine.curate_state import DECISION_SCHEMA, WRITTEN_SCHEMA, State
 from data_engine.curate_write import PLAN_FOLDER, PLAN_SCHEMA, write_plan
 from data_engine.decode import reason_code
@@ -110,14 +110,17 @@ def _pending_in_driver(state: State, chunk_size: int) -> Iterator[pa.Table]:
 @pytest.mark.parametrize("pieces", [1, 3])
 def test_joins_on_the_cluster_equal_the_driver_code(ray_local, tmp_path, pieces):
     state = make_state(tmp_path / "out", 1200, part_rows=70)
-    listing = [_uri(i) for i in range(0, 1500, 3)]  # some analysed, some new, in the listing's order
+    # Some analysed, some new, in the listing's order; some named twice, in one chunk and in chunks far apart.
+    listing = [_uri(i) for i in range(0, 1500, 3)]
+    listing = listing[:300] + listing[250:260] + listing[300:] + listing[::40]
     analysed = set(state.column(state.analysis, ANALYSIS_SCHEMA, "uri"))
-    index = AnalysedFilter(StateFiles.of(state), pieces, None)
+    index = ListedFilter(StateFiles.of(state), pieces, None)
     try:
         fresh = [u for start in range(0, len(listing), 64) for u in index.fresh(listing[start : start + 64])]
     finally:
         index.close()
-    assert fresh == [u for u in listing if u not in analysed] and 0 < len(fresh) < len(listing)
+    unseen = [u for u in dict.fromkeys(listing) if u not in analysed]  # first naming of each, in order
+    assert fresh == unseen and 0 < len(fresh) < len(set(listing))
 
     count, chunks = pending_records(state, pieces, 50, None)
     got, want = list(chunks), list(_pending_in_driver(state, 50))
@@ -136,13 +139,14 @@ def _joins(state: State, path: str) -> None:
     listing = ([_uri(i) for i in range(s, s + 1000)] for s in range(0, 200 * len(state.parts(state.analysis)), 1000))
     if path == "driver":
         known = set(state.column(state.analysis, ANALYSIS_SCHEMA, "uri"))
-        for chunk in listing:
-            [u for u in chunk if u not in known]
+        for chunk in listing:  # the listing's own set of the URIs named (inputs.iter_uris had one) grows too
+            fresh = [u for u in chunk if u not in known]
+            known.update(fresh)
         for _ in _pending_in_driver(state, 1000):
             pass
         _manifest_in_driver(state, "manifest.parquet")
         return
-    index = AnalysedFilter(StateFiles.of(state), 2, None)
+    index = ListedFilter(StateFiles.of(state), 2, None)
     for chunk in listing:
         index.fresh(chunk)
     index.close()
