@@ -97,7 +97,7 @@ class Settings:
 
 
 PROFILES: dict[str, Settings] = {
-    # 2 idle cores, <= 45 minutes. A starting point (the demo's `full` sizes, grown toward the hand runs in
+    # 2 idle cores, <= 45 minutes (29 measured, 2026-12-01). A starting point (the demo's `full` sizes, grown toward the hand runs in
     # benchmarks/RESULTS.md, "Learning at demo scale"); the fine-tuning recipe that makes pose learn is still open.
     "cpu": Settings(
         device="cpu",
