@@ -97,8 +97,8 @@ class Settings:
 
 
 PROFILES: dict[str, Settings] = {
-    # 2 idle cores, <= 45 minutes (29 measured, 2026-12-01). A starting point (the demo's `full` sizes, grown toward the hand runs in
-    # benchmarks/RESULTS.md, "Learning at demo scale"); the fine-tuning recipe that makes pose learn is still open.
+    # 2 idle cores, <= 45 minutes (29 measured, 2026-12-01). A starting point (the demo's `full` sizes, grown toward
+    # the hand runs in benchmarks/RESULTS.md, "Learning at demo scale"); the recipe that makes pose learn is open.
     "cpu": Settings(
         device="cpu",
         seeds=3,

@@ -30,11 +30,10 @@ repeats no sample. New inputs on an existing folder are analysed and deduplicate
 Memory. The driver holds counters and file paths, not per-input rows: one chunk of URIs (`chunk_size`) and Ray's
 bounded queues of results in the analysis; the global dedup runs on the cluster, the driver passing it one state
 part at a time and holding only object references and counts (data_engine/dedup_ray.py); which listed inputs are
-analysed already, which accepted records are still to write, and the manifest join run on the cluster too, each
-URI's rows meeting in one task by a hash of the URI (data_engine/curate_join.py). The write phase's planner holds
-one chunk of records, the open shard's and the references of the shard tasks in flight; no image byte passes
-through the driver. The listing streams too: which listed URIs are new (not analysed before, not named earlier in
-the listing, so that an input named twice is curated once) is asked of index actors on the cluster.
+new (not analysed before, not named earlier in the listing: an input named twice is curated once), which accepted
+records are still to write, and the manifest join run on the cluster too, each URI's rows meeting in one actor or
+task by a hash of the URI (data_engine/curate_join.py). The write phase's planner holds one chunk of records, the
+open shard's and the references of the shard tasks in flight; no image byte passes through the driver.
 """
 
 from __future__ import annotations

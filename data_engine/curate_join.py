@@ -98,7 +98,7 @@ def _uris(out: OutputFS, paths: tuple[str, ...], schema: pa.Schema, piece: int, 
     return pa.concat_arrays(arrays) if arrays else pa.array([], pa.string())
 
 
-# ------------------------------------------------------------------------------------- analysed (resume)
+# --------------------------------------------------------------------------------- listed (new inputs only)
 
 
 class ListedIndex:
