@@ -204,6 +204,11 @@ def make_small_images(folder: str, n: int, size: int = 256, procs: int = 1) -> N
     if size < 96:
         raise SystemExit(f"--inputs-size {size}: at least 96 (the varied images' shapes need it)")
     os.makedirs(folder, exist_ok=True)
+    first = os.path.join(folder, f"{0:07d}.jpg")
+    if os.path.exists(first):  # existing images are reused: they must be of the size asked for
+        with Image.open(first) as im:
+            if im.size != (size, size):
+                raise SystemExit(f"--images {folder}: holds {im.size[0]}x{im.size[1]} JPEGs, not {size}x{size}")
     if procs <= 1:
         _small_images(folder, size, range(n))
         return
@@ -311,7 +316,7 @@ def main() -> None:
         type=int,
         default=256,
         metavar="PX",
-        help="side of the --inputs JPEGs (>= 96; set quality.min_short_side below it to accept them)",
+        help="side of the --inputs JPEGs (>= 96; below 256 set quality.min_short_side to at most it)",
     )
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
