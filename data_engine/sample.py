@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -52,6 +52,7 @@ from data_engine.sample_codecs import (
 from data_engine.sample_types import (
     IMAGE_MEMBERS,
     KEY_PATTERN,
+    LABEL_MEMBER_OF,
     LABEL_MEMBERS,
     MAX_DEPTH_M,
     SCHEMA_VERSION,
@@ -66,6 +67,7 @@ __all__ = [
     "IMAGE_MEMBERS",
     "KEY_PATTERN",
     "LABEL_MEMBERS",
+    "LABEL_MEMBER_OF",
     "MAX_DEPTH_M",
     "SCHEMA_VERSION",
     "ImageFormat",
@@ -215,14 +217,27 @@ def encode(sample: Sample) -> dict[str, Any]:
 
 
 def decode(
-    members: Mapping[str, Any], key: str | None = None, check: bool = True, max_pixels: int = MAX_PIXELS
+    members: Mapping[str, Any],
+    key: str | None = None,
+    check: bool = True,
+    max_pixels: int = MAX_PIXELS,
+    labels: Collection[str] | None = None,
 ) -> Sample:
     """Decode WebDataset members (bytes per extension; `__key__` optional if `key` is given) into a Sample.
 
     Before any pixel is decoded, every image-like member's header must declare at most `max_pixels` and the
     `json` width x height (the image's own header size when the json has none), so a small file declaring a
     huge image costs nothing. Raises SampleError naming the key and the member that is missing or broken.
+
+    labels: the label members (names from `LABEL_MEMBERS`) to decode; the others are left out as if absent,
+    neither read nor checked. None decodes every member. A reader that needs only the image and pose.json
+    then skips the dense maps, which are most of a synthetic sample's decoding time.
     """
+    if labels is not None:
+        unknown = set(labels) - set(LABEL_MEMBERS)
+        if unknown:
+            raise ValueError(f"labels {sorted(unknown)} are not label members ({', '.join(LABEL_MEMBERS)})")
+        members = {k: v for k, v in members.items() if k not in LABEL_MEMBERS or k in labels}
     raw_key = key if key is not None else members.get("__key__")
     if isinstance(raw_key, bytes):
         raw_key = raw_key.decode()

@@ -13,6 +13,7 @@ so `hv eval pose --gt ... --pred ...` reproduces the numbers. Bad samples are li
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from abc import ABC, abstractmethod
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from data_engine.coco import gt_annotation, gt_category
-from data_engine.sample import Sample
+from data_engine.sample import LABEL_MEMBER_OF, Sample, decode
 from eval.config import EvalConfig, resolve_device
 from eval.metrics import MetricInputError
 from train.models.tasks import Task
@@ -31,10 +32,15 @@ from train.models.tasks import Task
 EvalTask = Task
 
 
-def _samples(shards: list[str], cfg: EvalConfig, report) -> Iterator[Sample]:
+def _samples(shards: list[str], cfg: EvalConfig, report, task: EvalTask) -> Iterator[Sample]:
+    """The samples to score, with only `task`'s label and the person mask (pose's OKS area) decoded."""
     from data_engine import shards as shard_io
+    from train.models.tasks import TASKS
 
-    for n, sample in enumerate(shard_io.iter_samples(shards, policy=cfg.bad_samples, report=report)):
+    labels = (LABEL_MEMBER_OF[TASKS[task].member], LABEL_MEMBER_OF["mask"])
+    decoder = functools.partial(decode, labels=labels)
+    samples = shard_io.iter_samples(shards, policy=cfg.bad_samples, report=report, decoder=decoder)
+    for n, sample in enumerate(samples):
         if cfg.max_samples and n >= cfg.max_samples:
             return
         yield sample
@@ -62,7 +68,7 @@ def evaluate_checkpoint(
 
     scorer = EVAL_TASKS[task].scorer_class()(runner, cfg)
     try:
-        for sample in _samples(paths, cfg, report):
+        for sample in _samples(paths, cfg, report, task):
             scorer.add(sample, pictures)
         scorer.flush(pictures)
     except ShardError as e:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from data_engine.sample import Sample
+from data_engine.sample import Sample, decode
 from data_engine.shards import ReadReport, expand, iter_samples
 from train.data_stream import Slot, make_batches_from, shuffled, split_shards
 
@@ -142,6 +142,11 @@ class BadSampleLog:
                 f.write(json.dumps({"shard": shard, "key": key, "reason": reason}) + "\n")
 
 
+def _decode_image_and_boxes(members: dict) -> Sample:
+    """MAE reads the image and the person boxes (`person_boxes`), never the dense label maps."""
+    return decode(members, labels=("pose.json",))
+
+
 def slot_samples(
     paths: Sequence[str], slot: int, slots: int, seed: int, bad: BadSampleLog, shuffle_buffer: int = 0
 ) -> Iterator[tuple[Sample, np.random.Generator]]:
@@ -150,7 +155,7 @@ def slot_samples(
     while True:
         mine, select = split_shards(paths, slot, slots, seed, epoch)
         read = ReadReport(on_bad=lambda b: bad.record(b.shard, b.key, b.reason))
-        samples = iter_samples(mine, policy="skip", report=read, select=select)
+        samples = iter_samples(mine, policy="skip", report=read, select=select, decoder=_decode_image_and_boxes)
         shuffle_rng = np.random.default_rng([seed, epoch, slot, 1])
         for index, sample in enumerate(shuffled(samples, shuffle_buffer, shuffle_rng)):
             yield sample, np.random.default_rng([seed, epoch, slot, 2, index])

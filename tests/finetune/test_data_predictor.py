@@ -3,7 +3,9 @@ loss, and the Predictor's answers to bad input."""
 
 from __future__ import annotations
 
+import io
 import os
+import tarfile
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ import torch
 from ft_synthetic import person_sample, write_shards
 
 from data_engine import schema
-from data_engine.sample import PersonPose, Pose, Sample
+from data_engine.sample import PersonPose, Pose, Sample, encode
 from data_engine.shards import ShardError
 from train.data_finetune import ItemReport, LabelSpec, collate, iter_items, keypoint_mapping, sample_items
 from train.transforms.dense import DenseParams
@@ -87,6 +89,29 @@ def test_truncated_shard_is_reported_and_skipped(shard_dir) -> None:
     assert any("broken-000000.tar" in b.shard for b in report.read.bad)
     with pytest.raises(ShardError, match=r"broken-000000\.tar"):
         list(iter_items(shard_dir, spec, POSE, DENSE, policy="raise", epochs=1))
+
+
+def test_a_run_decodes_only_the_labels_of_its_tasks(tmp_path) -> None:
+    assert LabelSpec(tasks=("pose",)).label_members() == {"pose.json"}
+    assert LabelSpec(tasks=("depth",)).label_members() == {"depth.png", "mask.png"}
+    assert MULTI.label_members() == {"pose.json", "seg.png", "depth.png", "normal.png", "mask.png"}
+    # Shards whose normal maps are corrupt: a pose run never reads them, a normal run reports every one.
+    with tarfile.open(tmp_path / "broken-normals-000000.tar", "w") as tar:
+        for seed in range(3):
+            members = encode(person_sample(seed, *SIZE))
+            members["normal.png"] = b"not a png"
+            for name, data in members.items():
+                if name != "__key__":
+                    info = tarfile.TarInfo(f"{members['__key__']}.{name}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    pose_report, normal_report = ItemReport(), ItemReport()
+    pose_spec = LabelSpec(tasks=("pose",), keypoint_set="coco17")
+    assert len(list(iter_items(str(tmp_path), pose_spec, POSE, DENSE, report=pose_report, epochs=1))) == 3
+    assert pose_report.read.bad == []
+    with pytest.raises(ValueError, match="gave no training rows"):
+        list(iter_items(str(tmp_path), LabelSpec(tasks=("normal",)), POSE, DENSE, report=normal_report, epochs=1))
+    assert len(normal_report.read.bad) == 3 and all("normal.png" in b.reason for b in normal_report.read.bad)
 
 
 def test_shards_without_the_tasks_labels_fail_with_a_reason(tmp_path) -> None:

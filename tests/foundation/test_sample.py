@@ -193,3 +193,15 @@ def test_decode_errors_name_key_and_member(mutate, message: str) -> None:
     with pytest.raises(SampleError, match=message) as info:
         decode(members)
     assert s.key in str(info.value)
+
+
+def test_decode_reads_only_the_labels_asked_for() -> None:
+    members = encode(full_sample())
+    members["normal.png"] = b"corrupt: a reader that skips it must not fail on it"
+    back = decode(members, labels=("pose.json", "mask.png"))
+    assert back.pose is not None and back.mask is not None
+    assert back.seg is None and back.depth is None and back.normal is None
+    with pytest.raises(SampleError, match=r"normal\.png"):
+        decode(members, labels=("normal.png",))  # asked for, so read and checked
+    with pytest.raises(ValueError, match=r"'jpg'.*not label members"):
+        decode(members, labels=("jpg",))
