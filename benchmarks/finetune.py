@@ -5,13 +5,15 @@
 1. multi-task step: one backbone pass for a batch mixing pose crops and dense views (`FinetuneModel` routes rows
    to heads) vs the same rows trained task by task (one backbone pass per task). Ratio = separate / shared.
 2. data rows: decode + augmentation + targets (`iter_items`) vs decoding alone (`iter_samples`), same shards.
-   Ratio = the cost of making a training row relative to reading it.
+   Ratio = the cost of making a training row relative to reading it. Then decoding every member vs only what a
+   pose run reads (image and pose.json, `LabelSpec.label_members`): ratio = what skipping the dense maps saves.
 3. heatmap decoding: argmax + DARK sub-pixel refinement (`decode_heatmaps`) vs a bare argmax, 308 keypoints.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import tempfile
@@ -74,6 +76,7 @@ def bench_multitask(size: tuple[int, int], repeats: int) -> None:
 def bench_data(size: tuple[int, int], repeats: int) -> None:
     from ft_synthetic import person_sample, write_shards
 
+    from data_engine.sample import decode
     from data_engine.shards import iter_samples
     from train.data_finetune import LabelSpec, iter_items
     from train.models.tasks import TASK_NAMES
@@ -91,9 +94,18 @@ def bench_data(size: tuple[int, int], repeats: int) -> None:
         def rows() -> int:
             return sum(1 for _ in iter_items(folder, spec, pose, dense, seed=0, epochs=1))
 
+        def decode_for_pose() -> int:
+            labels = LabelSpec(tasks=("pose",)).label_members()
+            return sum(1 for _ in iter_samples(folder, decoder=functools.partial(decode, labels=labels)))
+
         n = rows()
         t_decode = best_of(decode_only, repeats)
         t_rows = best_of(rows, repeats)
+        t_pose = best_of(decode_for_pose, repeats)
+    print(
+        f"decode for a pose run (image + pose.json) {t_pose * 1e3:.0f} ms, every member {t_decode * 1e3:.0f} ms "
+        f"-> ratio {t_decode / t_pose:.2f}x"
+    )
     print(
         f"data: 32 samples 256x192 (all labels) -> {n} rows at {size[0]}x{size[1]}: "
         f"decode alone {t_decode * 1e3:.0f} ms "

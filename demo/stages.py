@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -83,30 +84,68 @@ def _show(text: str, redraw: bool, log_path: Path) -> None:
 
 def run_stage(log: StageLog, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> float:
     """Run one command, tee its output to `logs/<name>.log`; raise StageFailed on a non-zero exit."""
+    return run_stages(log, {name: argv}, env)[name]
+
+
+def run_stages(log: StageLog, stages: dict[str, Sequence[str]], env: dict[str, str] | None = None) -> dict[str, float]:
+    """Run several commands at once, each teeing its output to `logs/<name>.log`, and wait for all of them;
+    returns each one's wall time. With more than one, each gets an equal share of the cores (OMP_NUM_THREADS):
+    small models use two threads poorly, so two one-thread runs side by side finish sooner than the same two
+    runs one after another. The terminal then shows whole lines prefixed with the stage's name (progress-bar
+    redraws stay in the logs). Raises StageFailed naming every stage that exited non-zero."""
     logs = log.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    log_path = logs / f"{name}.log"
     full_env = {**os.environ, **(env or {})}
+    if len(stages) > 1:
+        full_env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // len(stages)))
     start = time.monotonic()
-    with open(log_path, "wb") as sink:
-        sink.write(("$ " + " ".join(argv) + "\n").encode())
-        sink.flush()
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env)
-        assert proc.stdout is not None
-        pending = b""
-        while chunk := proc.stdout.read1(1 << 16):
-            sink.write(chunk)
-            pending += chunk
-            # Split on both line ends: a progress bar redraws itself with carriage returns.
-            while (cut := _next_line_end(pending)) >= 0:
-                _show(pending[:cut].decode(errors="replace"), pending[cut : cut + 1] == b"\r", log_path)
-                pending = pending[cut + 1 :]
-        if pending:
-            _show(pending.decode(errors="replace"), False, log_path)
-        code = proc.wait()
-    seconds = time.monotonic() - start
-    log.timings[name] = round(seconds, 1)
+    seconds: dict[str, float] = {}
+    codes: dict[str, int] = {}
+
+    def run(name: str, argv: Sequence[str]) -> None:
+        prefix = f"[{name}] " if len(stages) > 1 else ""
+        log_path = logs / f"{name}.log"
+        with open(log_path, "wb") as sink:
+            sink.write(("$ " + " ".join(argv) + "\n").encode())
+            sink.flush()
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env)
+            assert proc.stdout is not None
+            pending = b""
+            while chunk := proc.stdout.read1(1 << 16):
+                sink.write(chunk)
+                pending += chunk
+                # Split on both line ends: a progress bar redraws itself with carriage returns.
+                while (cut := _next_line_end(pending)) >= 0:
+                    redraw = pending[cut : cut + 1] == b"\r"
+                    if not (redraw and prefix):
+                        _show(prefix + pending[:cut].decode(errors="replace"), redraw, log_path)
+                    pending = pending[cut + 1 :]
+            if pending:
+                _show(prefix + pending.decode(errors="replace"), False, log_path)
+            codes[name] = proc.wait()
+        seconds[name] = time.monotonic() - start
+
+    errors: list[BaseException] = []
+
+    def run_noting_errors(name: str, argv: Sequence[str]) -> None:
+        try:
+            run(name, argv)
+        except BaseException as e:  # a command that cannot start (a bad argv): raised below, in the caller
+            errors.append(e)
+
+    threads = [threading.Thread(target=run_noting_errors, args=item, daemon=True) for item in stages.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    for name in stages:
+        log.timings[name] = round(seconds[name], 1)
     log.save()
-    if code != 0:
-        raise StageFailed(f"stage {name!r} failed with exit code {code}; see {log_path}")
+    failed = [name for name in stages if codes[name] != 0]
+    if failed:
+        raise StageFailed(
+            "; ".join(f"stage {n!r} failed with exit code {codes[n]}; see {logs / f'{n}.log'}" for n in failed)
+        )
     return seconds

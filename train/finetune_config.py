@@ -79,6 +79,9 @@ class PoseConfig(TopDownAugment):
     keypoint_set: str = "all"  # the model's keypoints (a data_engine.schema subset); samples map to it by name
     loss: PoseLoss = PoseLoss.mse
     ohkm_topk: int = 8  # keypoints kept per crop by loss=ohkm (mmpose's default 8; Sapiens-1B: 128 of 308)
+    # Heatmap pixels weighted 1 + this * target (`train.losses.heatmap_mse`): 0 is the Sapiens MSE; the CPU demo's
+    # short runs use 20, which learns the same keypoints in fewer steps.
+    foreground_weight: float = 0.0
     loss_weight: float = 1.0
 
 
@@ -135,7 +138,9 @@ class FinetuneConfig(TrainConfig):
 
     def loss_inputs(self, class_weight=None) -> LossInputs:
         ohkm = self.pose.ohkm_topk if self.pose.loss == PoseLoss.ohkm else None
-        return LossInputs(pose_ohkm_topk=ohkm, class_weight=class_weight)
+        return LossInputs(
+            pose_ohkm_topk=ohkm, pose_foreground_weight=self.pose.foreground_weight, class_weight=class_weight
+        )
 
     def validate(self) -> None:
         super().validate()
@@ -155,6 +160,9 @@ class FinetuneConfig(TrainConfig):
                 f"pose.ohkm_topk {self.pose.ohkm_topk} must be in [1, {num_keypoints}] (the keypoints of "
                 f"pose.keypoint_set={self.pose.keypoint_set}); or set pose.loss=mse"
             )
+        if not self.pose.foreground_weight >= 0:
+            weight = self.pose.foreground_weight
+            raise ConfigError(f"pose.foreground_weight must be >= 0 (0: the plain MSE), got {weight}")
         for name, pair in (
             ("pose.scale_range", self.pose.scale_range),
             ("augment.scale_range", self.augment.scale_range),

@@ -31,32 +31,49 @@ def _safe_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Te
     return numerator / denominator.clamp(min=torch.finfo(denominator.dtype).tiny)
 
 
-def heatmap_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def heatmap_mse(
+    pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, foreground_weight: float = 0.0
+) -> torch.Tensor:
     """Keypoint heatmap MSE weighted per keypoint (mmpose's KeypointMSELoss with target weights).
 
     pred, target: (B, K, h, w); weight: (B, K), 1 for a labelled keypoint (v > 0) inside the crop, else 0.
-        L = sum_{b,k} w_bk * mean_{y,x} (pred_bkyx - target_bkyx)^2 / sum_{b,k} w_bk
-    Returns 0 when every weight is 0.
+        L = sum_{b,k} w_bk * mean_{y,x} (1 + f * target_bkyx) (pred_bkyx - target_bkyx)^2 / sum_{b,k} w_bk
+    f = `foreground_weight`, 0 by default: the plain MSE of the Sapiens recipe. With f > 0 the Gaussian's own
+    pixels count up to 1 + f times a background pixel's: at a small budget the plain loss, where over 90% of
+    the pixels are background, is met first by near-empty heatmaps. Returns 0 when every weight is 0.
     """
     if pred.shape != target.shape:
         raise ValueError(f"heatmap_mse: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
     if weight.shape != pred.shape[:2]:
         raise ValueError(f"heatmap_mse: weight {tuple(weight.shape)} must be (B, K) = {tuple(pred.shape[:2])}")
     pred, target, weight = _fp32(pred, target, weight)
-    per_keypoint = (pred - target).pow(2).mean(dim=(2, 3))  # (B, K)
+    per_keypoint = _per_keypoint_mse(pred, target, foreground_weight)  # (B, K)
     return _safe_divide((per_keypoint * weight).sum(), weight.sum())
 
 
-def heatmap_ohkm_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, topk: int) -> torch.Tensor:
+def _per_keypoint_mse(pred: torch.Tensor, target: torch.Tensor, foreground_weight: float) -> torch.Tensor:
+    """(B, K): each heatmap's mean squared error, pixels weighted by 1 + foreground_weight * target."""
+    if foreground_weight < 0:
+        raise ValueError(f"heatmap loss: foreground_weight must be >= 0, got {foreground_weight}")
+    squared = (pred - target).pow(2)
+    if foreground_weight:
+        squared = squared * (1.0 + foreground_weight * target)
+    return squared.mean(dim=(2, 3))
+
+
+def heatmap_ohkm_mse(
+    pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, topk: int, foreground_weight: float = 0.0
+) -> torch.Tensor:
     """Online hard keypoint mining (Chen et al. 2018, CPN; mmpose's KeypointOHKMMSELoss, Sapiens-1B topk 128).
 
     pred, target: (B, K, h, w); weight: (B, K) as in `heatmap_mse`; topk: keypoints kept per sample.
         l_bk = w_bk * mean_{y,x} (pred_bkyx - target_bkyx)^2            (B, K) weighted per-keypoint loss
         S_b  = the min(topk, n_b) keypoints with the largest l_bk among the n_b with w_bk > 0
         L    = sum_b sum_{k in S_b} l_bk / sum_b sum_{k in S_b} w_bk
-    So with topk >= K it is exactly `heatmap_mse`. mmpose instead divides each sample's sum by topk, counting
-    unlabelled keypoints as zero-loss picks: a crop with fewer than topk labelled keypoints (a half-body crop,
-    a sparsely labelled image) would then have its loss diluted. Returns 0 when every weight is 0.
+    So with topk >= K it is exactly `heatmap_mse` (`foreground_weight` as there). mmpose instead divides each
+    sample's sum by topk, counting unlabelled keypoints as zero-loss picks: a crop with fewer than topk labelled
+    keypoints (a half-body crop, a sparsely labelled image) would then have its loss diluted. Returns 0 when
+    every weight is 0.
     """
     if pred.shape != target.shape:
         raise ValueError(f"heatmap_ohkm_mse: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
@@ -65,7 +82,7 @@ def heatmap_ohkm_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Ten
     if topk < 1:
         raise ValueError(f"heatmap_ohkm_mse: topk must be >= 1, got {topk}")
     pred, target, weight = _fp32(pred, target, weight)
-    weighted = (pred - target).pow(2).mean(dim=(2, 3)) * weight  # (B, K)
+    weighted = _per_keypoint_mse(pred, target, foreground_weight) * weight  # (B, K)
     labelled = weight > 0
     # Unlabelled keypoints rank below every labelled one, so they are picked only when a sample has fewer
     # than topk labelled keypoints, and are then masked out of both sums.

@@ -1,15 +1,20 @@
 """demo.data's regrouping of synthetic shards (by split, by any json field, image-only splits) and
-demo.stages.hv_commands (several hv commands in one interpreter, stopping at the first failure)."""
+demo.stages.hv_commands (several hv commands in one interpreter, stopping at the first failure) and
+demo.stages.run_stages (commands side by side, a share of the cores each, every failure named)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from data_engine.shards import ShardWriter, expand, iter_members
 from demo.data import copy_image_only, split_by_meta
-from demo.stages import hv_commands
+from demo.stages import StageFailed, StageLog, hv_commands, run_stages
 
 
 def _write(folder: Path, subjects: dict[str, str]) -> None:
@@ -59,3 +64,37 @@ def test_hv_commands_run_in_order_and_stop_at_the_first_failure() -> None:
         hv_commands(["--version"], ["no-such-command"], ["--version"]), capture_output=True, text=True, timeout=120
     )
     assert bad.returncode == 2 and bad.stdout.count("hv (humanvision)") == 1 and "no-such-command" in bad.stderr
+
+
+# Each waits (up to 60 s) for the other's file: they finish only if they run at the same time.
+_HANDSHAKE = """
+import os, pathlib, sys, time
+mine, theirs = map(pathlib.Path, sys.argv[1:3])
+mine.write_text(os.environ["OMP_NUM_THREADS"])
+deadline = time.monotonic() + 60
+while not theirs.exists():
+    if time.monotonic() > deadline:
+        sys.exit("the other stage never ran")
+    time.sleep(0.01)
+print("met", theirs.name)
+"""
+
+
+def test_run_stages_runs_side_by_side_with_a_share_of_the_cores_and_names_every_failure(tmp_path: Path) -> None:
+    log = StageLog(tmp_path)
+    a, b = str(tmp_path / "a.txt"), str(tmp_path / "b.txt")
+    seconds = run_stages(
+        log, {"left": [sys.executable, "-c", _HANDSHAKE, a, b], "right": [sys.executable, "-c", _HANDSHAKE, b, a]}
+    )
+    assert set(seconds) == set(log.timings) == {"left", "right"}
+    assert Path(a).read_text() == Path(b).read_text() == str(max(1, (os.cpu_count() or 1) // 2))
+    assert "met b.txt" in (tmp_path / "logs" / "left.log").read_text()
+    assert "met a.txt" in (tmp_path / "logs" / "right.log").read_text()
+    assert set(json.loads((tmp_path / "timings.json").read_text())) == {"left", "right"}
+
+    fail = [sys.executable, "-c", "import sys; sys.exit(3)"]
+    with pytest.raises(StageFailed) as info:
+        run_stages(log, {"one": fail, "fine": [sys.executable, "-c", "pass"], "two": fail})
+    message = str(info.value)
+    assert "'one' failed with exit code 3" in message and "'two' failed with exit code 3" in message
+    assert "'fine'" not in message and str(tmp_path / "logs" / "two.log") in message

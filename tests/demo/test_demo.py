@@ -89,7 +89,7 @@ def test_every_stage_left_its_outputs(demo_run) -> None:
     assert (out / "pretrain" / "encoder.safetensors").exists()
     for init in ("pretrained", "random"):
         assert (out / f"finetune-{init}" / "model.safetensors").exists()
-    for stage in ("synth", "curate", "pretrain", "finetune-pretrained", "eval-random-normal", "annotate-predict"):
+    for stage in ("synth", "curate", "pretrain", "finetune-pretrained", "eval-random", "annotate-predict"):
         assert (out / "logs" / f"{stage}.log").exists(), stage
     for n in range(1, 8):
         assert f"{n}/7" in stdout  # progress is visible, stage by stage

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from train.losses import heatmap_mse, normal_loss, silog_loss, weighted_ce
+from train.losses import heatmap_mse, heatmap_ohkm_mse, normal_loss, silog_loss, weighted_ce
 
 RNG = np.random.default_rng(0)
 
@@ -21,6 +21,20 @@ def test_heatmap_mse_matches_numpy() -> None:
     expected = (((pred - target) ** 2).mean(axis=(2, 3)) * weight).sum() / weight.sum()
     got = heatmap_mse(_t(pred), _t(target), _t(weight))
     assert got.item() == pytest.approx(expected, rel=1e-10)
+
+
+def test_foreground_weighted_heatmap_mse_matches_numpy_in_both_pose_losses() -> None:
+    pred, target = RNG.random((3, 5, 8, 6)), RNG.random((3, 5, 8, 6))
+    weight = (RNG.random((3, 5)) > 0.4).astype(np.float64)
+    per_keypoint = ((1 + 20 * target) * (pred - target) ** 2).mean(axis=(2, 3))
+    expected = (per_keypoint * weight).sum() / weight.sum()
+    got = heatmap_mse(_t(pred), _t(target), _t(weight), foreground_weight=20)
+    assert got.item() == pytest.approx(expected, rel=1e-10)
+    # OHKM keeping every keypoint is the same loss; the plain MSE is the f = 0 case, and f < 0 is refused.
+    assert heatmap_ohkm_mse(_t(pred), _t(target), _t(weight), 5, 20).item() == pytest.approx(expected, rel=1e-10)
+    assert heatmap_mse(_t(pred), _t(target), _t(weight)).item() < expected
+    with pytest.raises(ValueError, match="foreground_weight must be >= 0"):
+        heatmap_mse(_t(pred), _t(target), _t(weight), foreground_weight=-1)
 
 
 def test_heatmap_mse_all_unweighted_is_zero_with_gradient() -> None:

@@ -95,6 +95,7 @@ def test_pose_loss_key_selects_ohkm_in_the_training_loss() -> None:
     from train.models.multitask import build_model
 
     mse_cfg, ohkm_cfg = _config(), _config("pose.loss=ohkm", "pose.ohkm_topk=4")
+    fg_cfg = _config("pose.foreground_weight=20")
     assert mse_cfg.pose.loss == PoseLoss.mse and ohkm_cfg.pose.loss == PoseLoss.ohkm
     torch.manual_seed(0)
     model = build_model(mse_cfg.model_spec()).eval()
@@ -109,10 +110,13 @@ def test_pose_loss_key_selects_ohkm_in_the_training_loss() -> None:
         pred = model(batch["image"])["pose"]
         mse, _ = task_losses(model, batch, mse_cfg, None)
         ohkm, logs = task_losses(model, batch, ohkm_cfg, None)
+        foreground, _ = task_losses(model, batch, fg_cfg, None)
     expected = heatmap_ohkm_mse(pred, batch["pose_heatmaps"], batch["pose_weights"], 4)
     assert ohkm.item() == pytest.approx(expected.item(), rel=1e-5) and logs["loss_pose"] == pytest.approx(ohkm.item())
     assert mse.item() == pytest.approx(heatmap_mse(pred, batch["pose_heatmaps"], batch["pose_weights"]).item())
     assert ohkm.item() > mse.item()  # the hardest 4 of 17 keypoints lose more than the average
+    fg_expected = heatmap_mse(pred, batch["pose_heatmaps"], batch["pose_weights"], foreground_weight=20)
+    assert foreground.item() == pytest.approx(fg_expected.item(), rel=1e-5) and foreground.item() > mse.item()
 
 
 @pytest.mark.parametrize(("overrides", "message"), [(["pose.ohkm_topk=18"], r"\[1, 17\]"), (["pose.ohkm_topk=0"], "")])
@@ -123,6 +127,8 @@ def test_ohkm_topk_outside_the_keypoint_set_fails_at_start_up(overrides, message
         _config("pose.loss=ohkm", *overrides)
     with pytest.raises(ConfigError, match=r"pose\.loss"):
         _config("pose.loss=focal")
+    with pytest.raises(ConfigError, match=r"pose\.foreground_weight must be >= 0"):
+        _config("pose.foreground_weight=-1")
 
 
 def test_sapiens_1b_config_uses_ohkm_top128_and_the_others_mse() -> None:

@@ -53,6 +53,7 @@ class LossInputs:
     """What a loss needs beyond the prediction and the batch: the run's loss options."""
 
     pose_ohkm_topk: int | None = None  # None: plain heatmap MSE; k: MSE over each crop's k hardest keypoints
+    pose_foreground_weight: float = 0.0  # heatmap pixels weighted 1 + this * target (0: the plain MSE)
     class_weight: torch.Tensor | None = None  # seg: per-class cross-entropy weights
 
 
@@ -83,9 +84,10 @@ class TaskDef:
 def _pose_loss(pred: torch.Tensor, batch: dict[str, torch.Tensor], inputs: LossInputs) -> torch.Tensor:
     from train.losses import heatmap_mse, heatmap_ohkm_mse
 
+    target, weight, foreground = batch["pose_heatmaps"], batch["pose_weights"], inputs.pose_foreground_weight
     if inputs.pose_ohkm_topk is not None:
-        return heatmap_ohkm_mse(pred, batch["pose_heatmaps"], batch["pose_weights"], inputs.pose_ohkm_topk)
-    return heatmap_mse(pred, batch["pose_heatmaps"], batch["pose_weights"])
+        return heatmap_ohkm_mse(pred, target, weight, inputs.pose_ohkm_topk, foreground)
+    return heatmap_mse(pred, target, weight, foreground)
 
 
 def _seg_loss(pred: torch.Tensor, batch: dict[str, torch.Tensor], inputs: LossInputs) -> torch.Tensor:
