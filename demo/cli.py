@@ -1,6 +1,6 @@
 """`hv demo`: the whole factory end to end on bundled data.
 
-hv demo --out runs/demo                     # what `make demo` runs (about 6 minutes on 2 idle cores)
+hv demo --out runs/demo                     # what `make demo` runs (about 12 minutes on 2 idle cores)
 hv demo --out /tmp/demo --profile smoke --no-labelstudio   # a minute or two: the test's size
 """
 

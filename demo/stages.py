@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _MAX_SHOWN = 200
+_PROGRESS_EVERY_S = 20.0  # side-by-side stages: how often a progress-bar state is shown as a line of its own
 
 
 class StageFailed(RuntimeError):
@@ -91,8 +92,9 @@ def run_stages(log: StageLog, stages: dict[str, Sequence[str]], env: dict[str, s
     """Run several commands at once, each teeing its output to `logs/<name>.log`, and wait for all of them;
     returns each one's wall time. With more than one, each gets an equal share of the cores (OMP_NUM_THREADS):
     small models use two threads poorly, so two one-thread runs side by side finish sooner than the same two
-    runs one after another. The terminal then shows whole lines prefixed with the stage's name (progress-bar
-    redraws stay in the logs). Raises StageFailed naming every stage that exited non-zero."""
+    runs one after another. The terminal then shows whole lines prefixed with the stage's name, and a progress
+    bar's state every `_PROGRESS_EVERY_S` seconds (every redraw stays in the logs). Raises StageFailed naming
+    every stage that exited non-zero."""
     logs = log.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, **(env or {})}
@@ -101,6 +103,7 @@ def run_stages(log: StageLog, stages: dict[str, Sequence[str]], env: dict[str, s
     start = time.monotonic()
     seconds: dict[str, float] = {}
     codes: dict[str, int] = {}
+    shown = dict.fromkeys(stages, start)
 
     def run(name: str, argv: Sequence[str]) -> None:
         prefix = f"[{name}] " if len(stages) > 1 else ""
@@ -117,9 +120,13 @@ def run_stages(log: StageLog, stages: dict[str, Sequence[str]], env: dict[str, s
                 # Split on both line ends: a progress bar redraws itself with carriage returns.
                 while (cut := _next_line_end(pending)) >= 0:
                     redraw = pending[cut : cut + 1] == b"\r"
-                    if not (redraw and prefix):
-                        _show(prefix + pending[:cut].decode(errors="replace"), redraw, log_path)
+                    text = pending[:cut].decode(errors="replace")
                     pending = pending[cut + 1 :]
+                    if not prefix:
+                        _show(text, redraw, log_path)
+                    elif text and (not redraw or time.monotonic() - shown[name] >= _PROGRESS_EVERY_S):
+                        _show(prefix + text, False, log_path)  # progress bars: a whole line now and then
+                        shown[name] = time.monotonic()
             if pending:
                 _show(prefix + pending.decode(errors="replace"), False, log_path)
             codes[name] = proc.wait()

@@ -98,3 +98,18 @@ def test_run_stages_runs_side_by_side_with_a_share_of_the_cores_and_names_every_
     message = str(info.value)
     assert "'one' failed with exit code 3" in message and "'two' failed with exit code 3" in message
     assert "'fine'" not in message and str(tmp_path / "logs" / "two.log") in message
+
+
+def test_side_by_side_stages_show_progress_bars_as_whole_lines(tmp_path: Path, monkeypatch, capsys) -> None:
+    import demo.stages
+
+    monkeypatch.setattr(demo.stages, "_PROGRESS_EVERY_S", 0.0)  # every redraw becomes a line
+    bar = [sys.executable, "-c", "import sys; sys.stdout.write('step 1\\rstep 2\\rdone\\n')"]
+    run_stages(StageLog(tmp_path), {"bar": bar, "quiet": [sys.executable, "-c", "pass"]})
+    shown = capsys.readouterr().out
+    assert [line.strip() for line in shown.splitlines() if "[bar]" in line] == [
+        "[bar] step 1",
+        "[bar] step 2",
+        "[bar] done",
+    ]
+    assert b"step 1\rstep 2\rdone" in (tmp_path / "logs" / "bar.log").read_bytes()  # the log keeps every redraw
