@@ -230,8 +230,9 @@ def decode(
     huge image costs nothing. Raises SampleError naming the key and the member that is missing or broken.
 
     labels: the label members (names from `LABEL_MEMBERS`) to decode; the others are left out as if absent,
-    neither read nor checked. None decodes every member. A reader that needs only the image and pose.json
-    then skips the dense maps, which are most of a synthetic sample's decoding time.
+    neither decoded nor checked (a member the shard reader already refused still fails the sample). None
+    decodes every member. A reader that needs only the image and pose.json then skips the dense maps, which are
+    most of a synthetic sample's decoding time.
     """
     if labels is not None:
         unknown = set(labels) - set(LABEL_MEMBERS)

@@ -17,7 +17,7 @@ MAX_DEPTH_M = 65.535  # uint16 millimetres
 ImageFormat = Literal["jpg", "png"]
 IMAGE_MEMBERS: tuple[ImageFormat, ...] = ("jpg", "png")
 LABEL_MEMBERS = ("pose.json", "seg.png", "depth.png", "normal.png", "mask.png")
-# The `Sample` attribute each label member decodes into.
+# A `Sample` attribute -> the label member it is decoded from ("seg" -> "seg.png").
 LABEL_MEMBER_OF: dict[str, str] = {name.split(".")[0]: name for name in LABEL_MEMBERS}
 KEY_PATTERN = re.compile(r"^[0-9a-f]{1,64}$")
 

@@ -90,20 +90,34 @@ def run_stage(log: StageLog, name: str, argv: Sequence[str], env: dict[str, str]
 
 def run_stages(log: StageLog, stages: dict[str, Sequence[str]], env: dict[str, str] | None = None) -> dict[str, float]:
     """Run several commands at once, each teeing its output to `logs/<name>.log`, and wait for all of them;
-    returns each one's wall time. With more than one, each gets an equal share of the cores (OMP_NUM_THREADS):
-    small models use two threads poorly, so two one-thread runs side by side finish sooner than the same two
-    runs one after another. The terminal then shows whole lines prefixed with the stage's name, and a progress
-    bar's state every `_PROGRESS_EVERY_S` seconds (every redraw stays in the logs). Raises StageFailed naming
-    every stage that exited non-zero."""
+    returns each one's wall time. With more than one, each gets an equal share of the cores (OMP_NUM_THREADS,
+    unless `env` sets it): small models use two threads poorly, so two one-thread runs side by side finish
+    sooner than the same two runs one after another. The terminal then shows whole lines prefixed with the
+    stage's name, and a progress bar's state every `_PROGRESS_EVERY_S` seconds (every redraw stays in the logs).
+
+    When one stage fails, the others are stopped (SIGTERM) instead of finishing work nobody will use; Ctrl-C
+    stops them too. Raises StageFailed naming every stage that failed and those stopped because of it."""
     logs = log.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, **(env or {})}
-    if len(stages) > 1:
+    if len(stages) > 1 and "OMP_NUM_THREADS" not in (env or {}):
         full_env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // len(stages)))
     start = time.monotonic()
     seconds: dict[str, float] = {}
     codes: dict[str, int] = {}
     shown = dict.fromkeys(stages, start)
+    procs: dict[str, subprocess.Popen] = {}
+    stopped: set[str] = set()
+    lock = threading.Lock()
+    stopping = threading.Event()
+
+    def stop_others(cause: str | None) -> None:
+        with lock:
+            stopping.set()
+            for name, proc in procs.items():
+                if name != cause and proc.poll() is None:
+                    stopped.add(name)
+                    proc.terminate()
 
     def run(name: str, argv: Sequence[str]) -> None:
         prefix = f"[{name}] " if len(stages) > 1 else ""
@@ -111,7 +125,13 @@ def run_stages(log: StageLog, stages: dict[str, Sequence[str]], env: dict[str, s
         with open(log_path, "wb") as sink:
             sink.write(("$ " + " ".join(argv) + "\n").encode())
             sink.flush()
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env)
+            with lock:
+                if stopping.is_set():  # another stage failed before this one started
+                    stopped.add(name)
+                    return
+                proc = procs[name] = subprocess.Popen(
+                    argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env
+                )
             assert proc.stdout is not None
             pending = b""
             while chunk := proc.stdout.read1(1 << 16):
@@ -131,28 +151,38 @@ def run_stages(log: StageLog, stages: dict[str, Sequence[str]], env: dict[str, s
                 _show(prefix + pending.decode(errors="replace"), False, log_path)
             codes[name] = proc.wait()
         seconds[name] = time.monotonic() - start
+        if codes[name] != 0 and name not in stopped:
+            stop_others(name)
 
     errors: list[BaseException] = []
 
     def run_noting_errors(name: str, argv: Sequence[str]) -> None:
         try:
             run(name, argv)
-        except BaseException as e:  # a command that cannot start (a bad argv): raised below, in the caller
+        except Exception as e:  # a command that cannot start (a bad argv): raised below, in the caller
             errors.append(e)
+            stop_others(name)
 
     threads = [threading.Thread(target=run_noting_errors, args=item, daemon=True) for item in stages.items()]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join()
+    try:
+        for thread in threads:
+            thread.join()
+    except BaseException:  # Ctrl-C: the children got it too; stop any that did not, and let the readers finish
+        stop_others(None)
+        for thread in threads:
+            thread.join(timeout=30)
+        raise
+    for name, spent in seconds.items():
+        log.timings[name] = round(spent, 1)
+    log.save()
     if errors:
         raise errors[0]
-    for name in stages:
-        log.timings[name] = round(seconds[name], 1)
-    log.save()
-    failed = [name for name in stages if codes[name] != 0]
+    failed = [name for name in stages if name not in stopped and codes[name] != 0]
     if failed:
-        raise StageFailed(
-            "; ".join(f"stage {n!r} failed with exit code {codes[n]}; see {logs / f'{n}.log'}" for n in failed)
-        )
+        reasons = [f"stage {n!r} failed with exit code {codes[n]}; see {logs / f'{n}.log'}" for n in failed]
+        if stopped:
+            reasons.append(f"stopped because of it: {', '.join(n for n in stages if n in stopped)}")
+        raise StageFailed("; ".join(reasons))
     return seconds

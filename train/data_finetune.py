@@ -50,12 +50,13 @@ class LabelSpec:
     seg_vocabulary: str = "goliath28"
 
     def label_members(self) -> frozenset[str]:
-        """The label members a run over these tasks reads: each task's own, and the person mask when a dense task
-        runs (depth normalisation and background swaps use it). The rest are never decoded: on a 192x256 render
-        the normal map alone is about 40% of the decoding time, and a pose-only run needs none of the maps."""
+        """The label members a run over these tasks reads: each task's own and, when a dense task runs, the person
+        mask with its fallbacks (`train.transforms.dense.person_mask`: mask, else seg, else depth), which depth
+        normalisation and background swaps use. The rest are never decoded: on a 192x256 render the normal map
+        alone is about 40% of the decoding time, and a pose-only run needs none of the maps."""
         members = {LABEL_MEMBER_OF[TASKS[task].member] for task in self.tasks}
         if any(task in DENSE_TASKS for task in self.tasks):
-            members.add(LABEL_MEMBER_OF["mask"])
+            members |= {LABEL_MEMBER_OF[name] for name in ("mask", "seg", "depth")}
         return frozenset(members)
 
 

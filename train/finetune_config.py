@@ -11,6 +11,7 @@ Sections: `model` (arch and input size), `data` (shards, loader), one per task (
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -160,9 +161,9 @@ class FinetuneConfig(TrainConfig):
                 f"pose.ohkm_topk {self.pose.ohkm_topk} must be in [1, {num_keypoints}] (the keypoints of "
                 f"pose.keypoint_set={self.pose.keypoint_set}); or set pose.loss=mse"
             )
-        if not self.pose.foreground_weight >= 0:
+        if not (math.isfinite(self.pose.foreground_weight) and self.pose.foreground_weight >= 0):
             weight = self.pose.foreground_weight
-            raise ConfigError(f"pose.foreground_weight must be >= 0 (0: the plain MSE), got {weight}")
+            raise ConfigError(f"pose.foreground_weight must be a finite number >= 0 (0: the plain MSE), got {weight}")
         for name, pair in (
             ("pose.scale_range", self.pose.scale_range),
             ("augment.scale_range", self.augment.scale_range),

@@ -13,6 +13,8 @@ and each loss casts again so that it is exact when called directly on bf16 tenso
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -53,8 +55,8 @@ def heatmap_mse(
 
 def _per_keypoint_mse(pred: torch.Tensor, target: torch.Tensor, foreground_weight: float) -> torch.Tensor:
     """(B, K): each heatmap's mean squared error, pixels weighted by 1 + foreground_weight * target."""
-    if foreground_weight < 0:
-        raise ValueError(f"heatmap loss: foreground_weight must be >= 0, got {foreground_weight}")
+    if not (math.isfinite(foreground_weight) and foreground_weight >= 0):
+        raise ValueError(f"heatmap loss: foreground_weight must be a finite number >= 0, got {foreground_weight}")
     squared = (pred - target).pow(2)
     if foreground_weight:
         squared = squared * (1.0 + foreground_weight * target)
@@ -67,7 +69,7 @@ def heatmap_ohkm_mse(
     """Online hard keypoint mining (Chen et al. 2018, CPN; mmpose's KeypointOHKMMSELoss, Sapiens-1B topk 128).
 
     pred, target: (B, K, h, w); weight: (B, K) as in `heatmap_mse`; topk: keypoints kept per sample.
-        l_bk = w_bk * mean_{y,x} (pred_bkyx - target_bkyx)^2            (B, K) weighted per-keypoint loss
+        l_bk = w_bk * mean_{y,x} (1 + f * target_bkyx) (pred_bkyx - target_bkyx)^2   (B, K), f as in `heatmap_mse`
         S_b  = the min(topk, n_b) keypoints with the largest l_bk among the n_b with w_bk > 0
         L    = sum_b sum_{k in S_b} l_bk / sum_b sum_{k in S_b} w_bk
     So with topk >= K it is exactly `heatmap_mse` (`foreground_weight` as there). mmpose instead divides each

@@ -92,12 +92,15 @@ def test_run_stages_runs_side_by_side_with_a_share_of_the_cores_and_names_every_
     assert "met a.txt" in (tmp_path / "logs" / "right.log").read_text()
     assert set(json.loads((tmp_path / "timings.json").read_text())) == {"left", "right"}
 
+    # A failure stops the stages still running (here one that would wait ten minutes), and names both.
     fail = [sys.executable, "-c", "import sys; sys.exit(3)"]
+    waits = [sys.executable, "-c", "import time; time.sleep(600)"]
     with pytest.raises(StageFailed) as info:
-        run_stages(log, {"one": fail, "fine": [sys.executable, "-c", "pass"], "two": fail})
+        run_stages(log, {"fails": fail, "waits": waits})
     message = str(info.value)
-    assert "'one' failed with exit code 3" in message and "'two' failed with exit code 3" in message
-    assert "'fine'" not in message and str(tmp_path / "logs" / "two.log") in message
+    assert "'fails' failed with exit code 3" in message and str(tmp_path / "logs" / "fails.log") in message
+    assert message.endswith("stopped because of it: waits")
+    assert "fails" in log.timings
 
 
 def test_side_by_side_stages_show_progress_bars_as_whole_lines(tmp_path: Path, monkeypatch, capsys) -> None:

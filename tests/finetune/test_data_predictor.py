@@ -93,7 +93,7 @@ def test_truncated_shard_is_reported_and_skipped(shard_dir) -> None:
 
 def test_a_run_decodes_only_the_labels_of_its_tasks(tmp_path) -> None:
     assert LabelSpec(tasks=("pose",)).label_members() == {"pose.json"}
-    assert LabelSpec(tasks=("depth",)).label_members() == {"depth.png", "mask.png"}
+    assert LabelSpec(tasks=("normal",)).label_members() == {"normal.png", "mask.png", "seg.png", "depth.png"}
     assert MULTI.label_members() == {"pose.json", "seg.png", "depth.png", "normal.png", "mask.png"}
     # Shards whose normal maps are corrupt: a pose run never reads them, a normal run reports every one.
     with tarfile.open(tmp_path / "broken-normals-000000.tar", "w") as tar:

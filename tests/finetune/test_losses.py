@@ -33,8 +33,9 @@ def test_foreground_weighted_heatmap_mse_matches_numpy_in_both_pose_losses() -> 
     # OHKM keeping every keypoint is the same loss; the plain MSE is the f = 0 case, and f < 0 is refused.
     assert heatmap_ohkm_mse(_t(pred), _t(target), _t(weight), 5, 20).item() == pytest.approx(expected, rel=1e-10)
     assert heatmap_mse(_t(pred), _t(target), _t(weight)).item() < expected
-    with pytest.raises(ValueError, match="foreground_weight must be >= 0"):
-        heatmap_mse(_t(pred), _t(target), _t(weight), foreground_weight=-1)
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="foreground_weight must be a finite number >= 0"):
+            heatmap_mse(_t(pred), _t(target), _t(weight), foreground_weight=bad)
 
 
 def test_heatmap_mse_all_unweighted_is_zero_with_gradient() -> None:

@@ -127,8 +127,9 @@ def test_ohkm_topk_outside_the_keypoint_set_fails_at_start_up(overrides, message
         _config("pose.loss=ohkm", *overrides)
     with pytest.raises(ConfigError, match=r"pose\.loss"):
         _config("pose.loss=focal")
-    with pytest.raises(ConfigError, match=r"pose\.foreground_weight must be >= 0"):
-        _config("pose.foreground_weight=-1")
+    for bad in ("-1", "inf", "nan"):
+        with pytest.raises(ConfigError, match=r"pose\.foreground_weight must be a finite number >= 0"):
+            _config(f"pose.foreground_weight={bad}")
 
 
 def test_sapiens_1b_config_uses_ohkm_top128_and_the_others_mse() -> None:
