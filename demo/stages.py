@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _MAX_SHOWN = 200
+_RENDEZVOUS_VARIABLES = frozenset(
+    {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+)
 _PROGRESS_EVERY_S = 20.0  # side-by-side stages: how often a progress-bar state is shown as a line of its own
 
 
@@ -99,7 +102,11 @@ def run_stages(log: StageLog, stages: dict[str, Sequence[str]], env: dict[str, s
     stops them too. Raises StageFailed naming every stage that failed and those stopped because of it."""
     logs = log.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    full_env = {**os.environ, **(env or {})}
+    # A stage is a job of its own: it never joins a torch.distributed world this process was part of (an
+    # in-process run leaves RANK and MASTER_PORT in os.environ), and side-by-side stages sharing one rendezvous
+    # port would fail with "address already in use". Each then picks its own, or its launcher does.
+    inherited = {k: v for k, v in os.environ.items() if k not in _RENDEZVOUS_VARIABLES}
+    full_env = {**inherited, **(env or {})}
     if len(stages) > 1 and "OMP_NUM_THREADS" not in (env or {}):
         full_env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // len(stages)))
     start = time.monotonic()

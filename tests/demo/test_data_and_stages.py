@@ -70,7 +70,7 @@ def test_hv_commands_run_in_order_and_stop_at_the_first_failure() -> None:
 _HANDSHAKE = """
 import os, pathlib, sys, time
 mine, theirs = map(pathlib.Path, sys.argv[1:3])
-mine.write_text(os.environ["OMP_NUM_THREADS"])
+mine.write_text(os.environ["OMP_NUM_THREADS"] + " " + os.environ.get("MASTER_PORT", "none"))
 deadline = time.monotonic() + 60
 while not theirs.exists():
     if time.monotonic() > deadline:
@@ -80,14 +80,19 @@ print("met", theirs.name)
 """
 
 
-def test_run_stages_runs_side_by_side_with_a_share_of_the_cores_and_names_every_failure(tmp_path: Path) -> None:
+def test_run_stages_runs_side_by_side_with_a_share_of_the_cores_and_names_every_failure(
+    tmp_path: Path, monkeypatch
+) -> None:
     log = StageLog(tmp_path)
     a, b = str(tmp_path / "a.txt"), str(tmp_path / "b.txt")
+    # Left behind by an in-process training run in this process: the stages must not share its rendezvous.
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    monkeypatch.setenv("RANK", "0")
     seconds = run_stages(
         log, {"left": [sys.executable, "-c", _HANDSHAKE, a, b], "right": [sys.executable, "-c", _HANDSHAKE, b, a]}
     )
     assert set(seconds) == set(log.timings) == {"left", "right"}
-    assert Path(a).read_text() == Path(b).read_text() == str(max(1, (os.cpu_count() or 1) // 2))
+    assert Path(a).read_text() == Path(b).read_text() == f"{max(1, (os.cpu_count() or 1) // 2)} none"
     assert "met b.txt" in (tmp_path / "logs" / "left.log").read_text()
     assert "met a.txt" in (tmp_path / "logs" / "right.log").read_text()
     assert set(json.loads((tmp_path / "timings.json").read_text())) == {"left", "right"}
