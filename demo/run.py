@@ -96,6 +96,7 @@ PROFILES: dict[str, DemoSettings] = {
         model_depth=2,
         head_channels=8,
         image_size=(64, 48),
+        patch_size=8,  # as `full`: the test runs MAE, export, init and eval at the shipped patch size
     ),
 }
 
