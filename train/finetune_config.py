@@ -99,6 +99,14 @@ class LossWeight:
 
 
 @dataclass
+class DepthConfig:
+    # The SiLog loss's lambda (`train.losses.silog_loss`): 0.5 is the Sapiens/Eigen value; 1 makes the loss blind
+    # to each image's global depth scale, as relative-depth evaluation (scale-and-shift aligned) is.
+    silog_lambda: float = 0.5
+    loss_weight: float = 1.0
+
+
+@dataclass
 class FinetuneConfig(TrainConfig):
     task: TaskMode = TaskMode.pose  # type: ignore[valid-type]
     tasks: list[str] = field(default_factory=lambda: list(TASK_NAMES))  # used when task = multi (TASKS names)
@@ -107,7 +115,7 @@ class FinetuneConfig(TrainConfig):
     data: DataConfig = field(default_factory=DataConfig)
     pose: PoseConfig = field(default_factory=PoseConfig)
     seg: SegConfig = field(default_factory=SegConfig)
-    depth: LossWeight = field(default_factory=LossWeight)
+    depth: DepthConfig = field(default_factory=DepthConfig)
     normal: LossWeight = field(default_factory=LossWeight)
     augment: DenseAugConfig = field(default_factory=DenseAugConfig)
     optim: OptimConfig = field(
@@ -140,7 +148,10 @@ class FinetuneConfig(TrainConfig):
     def loss_inputs(self, class_weight=None) -> LossInputs:
         ohkm = self.pose.ohkm_topk if self.pose.loss == PoseLoss.ohkm else None
         return LossInputs(
-            pose_ohkm_topk=ohkm, pose_foreground_weight=self.pose.foreground_weight, class_weight=class_weight
+            pose_ohkm_topk=ohkm,
+            pose_foreground_weight=self.pose.foreground_weight,
+            class_weight=class_weight,
+            depth_silog_lambda=self.depth.silog_lambda,
         )
 
     def validate(self) -> None:
@@ -164,6 +175,8 @@ class FinetuneConfig(TrainConfig):
         if not (math.isfinite(self.pose.foreground_weight) and self.pose.foreground_weight >= 0):
             weight = self.pose.foreground_weight
             raise ConfigError(f"pose.foreground_weight must be a finite number >= 0 (0: the plain MSE), got {weight}")
+        if not 0 <= self.depth.silog_lambda <= 1:  # also refuses nan
+            raise ConfigError(f"depth.silog_lambda must be in [0, 1] (0.5: Sapiens), got {self.depth.silog_lambda}")
         for name, pair in (
             ("pose.scale_range", self.pose.scale_range),
             ("augment.scale_range", self.augment.scale_range),

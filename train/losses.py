@@ -127,16 +127,22 @@ def weighted_ce(
     return _safe_divide((nll * w).sum(), w.sum())
 
 
-def silog_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Scale-invariant log loss (Eigen et al. 2014, lambda = 0.5), per image then averaged over images.
+def silog_loss(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6, lam: float = 0.5
+) -> torch.Tensor:
+    """Scale-invariant log loss (Eigen et al. 2014; lambda 0.5 as in Sapiens), per image then averaged over images.
 
     pred, target: (B, 1, H, W) or (B, H, W), pred resized bilinearly to the target when sizes differ;
     mask: same spatial shape, bool. Over the M_b valid pixels of image b (mask and target > eps):
         delta = log(target) - log(max(pred, eps))
-        L_b = sqrt(mean(delta^2) - 0.5 * mean(delta)^2)
+        L_b = sqrt(mean(delta^2) - lam * mean(delta)^2)
         L = mean over images with M_b > 0 of L_b     (0 when no image has a valid pixel)
-    The variance term is clamped at 1e-12 before the square root, whose gradient is infinite at 0.
+    lam = 1 makes L_b the standard deviation of delta: blind to a global scale of pred, as an evaluation that
+    aligns each prediction's scale is; lam < 1 also asks for the scale. The variance term is clamped at 1e-12
+    before the square root, whose gradient is infinite at 0.
     """
+    if not 0 <= lam <= 1:  # also refuses nan; lam > 1 would reward a wrong scale
+        raise ValueError(f"silog_loss: lam must be in [0, 1], got {lam}")
     (pred, target), mask = _fp32(_dense_1ch(pred), _dense_1ch(target)), _dense_1ch(mask).bool()
     if pred.shape[1:] != target.shape[1:]:
         pred = F.interpolate(pred[:, None], size=target.shape[1:], mode="bilinear", align_corners=False)[:, 0]
@@ -147,7 +153,7 @@ def silog_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, eps
     n = count.clamp(min=1).to(pred.dtype)
     mean_sq = delta.pow(2).flatten(1).sum(1) / n
     mean = delta.flatten(1).sum(1) / n
-    per_image = torch.sqrt((mean_sq - 0.5 * mean.pow(2)).clamp(min=1e-12))
+    per_image = torch.sqrt((mean_sq - lam * mean.pow(2)).clamp(min=1e-12))
     return _safe_divide((per_image * has).sum(), has.sum())
 
 

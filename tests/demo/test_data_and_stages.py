@@ -121,3 +121,20 @@ def test_side_by_side_stages_show_progress_bars_as_whole_lines(tmp_path: Path, m
         "[bar] done",
     ]
     assert b"step 1\rstep 2\rdone" in (tmp_path / "logs" / "bar.log").read_bytes()  # the log keeps every redraw
+
+
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "expected"), [(True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")]
+)
+def test_the_demo_trains_in_bf16_only_on_a_cpu_with_bf16_instructions(monkeypatch, amx, avx512_bf16, expected) -> None:
+    import torch
+
+    from demo.run import cpu_precision
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    assert cpu_precision() == expected
+    # A torch without these probes (they are private) gets fp32, the safe choice, not an AttributeError.
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    assert cpu_precision() == "fp32"

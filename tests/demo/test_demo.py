@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from data_engine.shards import iter_members
 
@@ -87,8 +88,17 @@ def test_every_stage_left_its_outputs(demo_run) -> None:
     assert by_name["grace_hopper.jpg"]["status"] == "accepted"
     assert by_name["empty.jpg"]["status"] == "rejected" and by_name["empty.jpg"]["reason"]
     assert (out / "pretrain" / "encoder.safetensors").exists()
+    settings = json.loads((out / "demo-settings.json").read_text())
+    assert settings["precision"] in ("bf16", "fp32")  # "auto", resolved for this CPU
     for init in ("pretrained", "random"):
         assert (out / f"finetune-{init}" / "model.safetensors").exists()
+        config = yaml.safe_load((out / f"finetune-{init}" / "config.yaml").read_text())
+        assert config["precision"] == settings["precision"]
+        assert (
+            config["model"]["head_options"]["pose"]["width"]
+            == settings["pose_head_width"]
+            != config["model"]["head_channels"]
+        )
     for stage in ("synth", "curate", "pretrain", "finetune-pretrained", "eval-random", "annotate-predict"):
         assert (out / "logs" / f"{stage}.log").exists(), stage
     for n in range(1, 8):

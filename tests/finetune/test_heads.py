@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -64,3 +66,50 @@ def test_a_patch_size_no_deconvolution_count_can_serve_names_the_option() -> Non
     spec = ModelSpec(arch="tiny", image_size=(48, 48), tasks=("pose",), depth=1, backbone_options={"patch_size": 12})
     with pytest.raises(ValueError, match=r"head_options\.pose\.num_deconv"):
         build_model(spec)
+
+
+def test_a_head_width_option_sets_one_heads_channels_and_survives_the_spec_file(tmp_path) -> None:
+    from train.models.multitask import build_model
+    from train.models.spec import ModelSpec
+
+    spec = ModelSpec(
+        arch="tiny", image_size=(64, 48), tasks=("pose", "depth"), depth=1, head_channels=8,
+        head_options={"pose": {"width": 24}},
+    )  # fmt: skip
+    model = build_model(spec)
+    assert model.heads["pose"].out.in_channels == 24  # the option
+    assert model.heads["depth"].out.in_channels == 8  # every other head keeps head_channels
+    # The checkpoint's spec (model.yaml / safetensors metadata) carries it, so eval and export rebuild the same head.
+    assert build_model(ModelSpec.from_json(spec.to_json())).heads["pose"].out.in_channels == 24
+    with pytest.raises(ValueError, match="pose head: width must be >= 1"):
+        build_model(dataclasses.replace(spec, head_options={"pose": {"width": 0}}))
+
+
+def test_depth_silog_lambda_reaches_the_training_loss() -> None:
+    import os
+
+    from train.finetune import task_losses
+    from train.finetune_config import load_finetune_config
+    from train.losses import silog_loss
+    from train.models.multitask import build_model
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.path.join(root, "configs/finetune/depth_tiny.yaml")
+    cfgs = {lam: load_finetune_config(path, ["data.shards=x", f"depth.silog_lambda={lam}"]) for lam in (0.5, 1.0)}
+    assert load_finetune_config(path, ["data.shards=x"]).depth.silog_lambda == 0.5  # Sapiens' value by default
+    torch.manual_seed(0)
+    model = build_model(cfgs[0.5].model_spec()).eval()
+    h, w = cfgs[0.5].model.image_size
+    batch = {
+        "image": torch.randn(2, 3, h, w),
+        "depth_index": torch.arange(2),
+        "depth": torch.rand(2, h, w) + 0.5,
+        "depth_mask": torch.rand(2, h, w) > 0.3,
+    }
+    with torch.no_grad():
+        pred = model(batch["image"])["depth"]
+        for lam, cfg in cfgs.items():
+            loss, _ = task_losses(model, batch, cfg, None)
+            expected = silog_loss(pred, batch["depth"], batch["depth_mask"], lam=lam)
+            assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+        assert task_losses(model, batch, cfgs[1.0], None)[0] < task_losses(model, batch, cfgs[0.5], None)[0]

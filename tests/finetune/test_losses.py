@@ -96,7 +96,8 @@ def test_weighted_ce_rejects_out_of_vocabulary_ids() -> None:
         weighted_ce(torch.randn(1, 3, 2, 2), torch.full((1, 2, 2), 7), None)
 
 
-def test_silog_matches_numpy_per_image_mean() -> None:
+@pytest.mark.parametrize("lam", [0.0, 0.5, 1.0])
+def test_silog_matches_numpy_per_image_mean(lam: float) -> None:
     pred = RNG.uniform(0.05, 1.0, (3, 1, 6, 5))
     target = RNG.uniform(0.0, 1.0, (3, 1, 6, 5))
     target[0, 0, :2] = 0.0  # zero depth drops out even inside the mask
@@ -108,8 +109,8 @@ def test_silog_matches_numpy_per_image_mean() -> None:
         if not valid.any():
             continue
         d = np.log(target[b, 0][valid]) - np.log(pred[b, 0][valid])
-        losses.append(np.sqrt((d**2).mean() - 0.5 * d.mean() ** 2))
-    got = silog_loss(_t(pred), _t(target), _t(mask))
+        losses.append(np.sqrt((d**2).mean() - lam * d.mean() ** 2))
+    got = silog_loss(_t(pred), _t(target), _t(mask), lam=lam)
     assert got.item() == pytest.approx(np.mean(losses), rel=1e-9)
 
 
@@ -119,6 +120,13 @@ def test_silog_is_scale_invariant_in_its_mean_term() -> None:
     # A prediction off by a constant factor loses only the sqrt(0.5) * |mean| part, not the full error.
     loss = silog_loss(target * 2.0, target, mask).item()
     assert loss == pytest.approx(np.sqrt(0.5) * np.log(2.0), rel=1e-5)
+    # lam = 1: each image's own scale costs nothing, as in a scale-aligned evaluation; the shape error still does.
+    scaled = target * torch.tensor([2.0, 0.25])[:, None, None, None]
+    assert silog_loss(scaled, target, mask, lam=1.0).item() == pytest.approx(0.0, abs=1e-5)
+    assert silog_loss(scaled + torch.rand_like(target), target, mask, lam=1.0).item() > 0.01
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="lam must be in"):
+            silog_loss(target, target, mask, lam=bad)
 
 
 def test_silog_empty_mask_is_zero_with_gradient() -> None:

@@ -64,15 +64,21 @@ def _default_head(
     num_deconv: int | None = None,
     num_conv: int | None = None,
     patch_size: int = 16,
+    width: int | None = None,
 ) -> nn.Module:
     """The task's `HeadSpec`. Unless `num_deconv` is given, the deconvolutions follow the backbone's patch size
     so that the output keeps the task's stride (pose 1/4, seg and normal 1/2, depth 1/1): a patch-8 backbone
-    gets one fewer, not heatmaps at twice the size for four times the head's compute."""
+    gets one fewer, not heatmaps at twice the size for four times the head's compute. `width` (a spec's
+    `head_options[task]["width"]`) sets this one head's channels over `channels` (the spec's `head_channels`):
+    a head's cost grows with its output size, so a small pose map can afford a width the full-size depth map
+    cannot."""
     spec: HeadSpec = task_def(task).head
     if num_deconv is None:
         num_deconv = _deconvs_for_stride(task, patch_size, spec.output_stride)
     cls = PositiveHead if spec.positive else UpsampleHead
-    width = channels or spec.channels
+    if width is not None and width < 1:
+        raise ValueError(f"{task} head: width must be >= 1, got {width}")
+    width = width or channels or spec.channels
     return cls(in_channels, out_channels, num_deconv, spec.num_conv if num_conv is None else num_conv, width)
 
 
