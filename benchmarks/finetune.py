@@ -8,6 +8,10 @@
    Ratio = the cost of making a training row relative to reading it. Then decoding every member vs only what a
    pose run reads (image and pose.json, `LabelSpec.label_members`): ratio = what skipping the dense maps saves.
 3. heatmap decoding: argmax + DARK sub-pixel refinement (`decode_heatmaps`) vs a bare argmax, 308 keypoints.
+4. precision: the demo's four-task step (tiny ViT, 6 blocks, 8 px patches, pose head 64 wide), forward + backward,
+   at one thread (as each of the demo's two fine-tunings runs), with the model in bf16 (as DeepSpeed's bf16 mode
+   holds it) vs fp32. Ratio = fp32 / bf16: above 1 where the CPU has bf16 instructions (AMX, AVX512-BF16),
+   which is when `make demo` fine-tunes in bf16 (`demo.run.cpu_precision`).
 """
 
 from __future__ import annotations
@@ -140,6 +144,43 @@ def bench_decode(repeats: int) -> None:
     )
 
 
+def bench_precision(size: tuple[int, int], repeats: int) -> None:
+    from demo.run import cpu_precision
+    from train.models.multitask import build_model
+    from train.models.spec import ModelSpec
+
+    spec = ModelSpec(
+        arch="tiny", image_size=size, tasks=("pose", "seg", "depth", "normal"), keypoint_set="coco17", depth=6,
+        head_channels=16, backbone_options={"patch_size": 8}, head_options={"pose": {"width": 64}},
+    )  # fmt: skip
+    # The demo's batch of 8: 4 pose crops and 4 whole-image views through the three dense heads.
+    routes = {"pose": torch.arange(4), "seg": torch.arange(4, 8), "depth": torch.arange(4, 8)}
+    routes["normal"] = torch.arange(4, 8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        times = {}
+        for dtype in (torch.float32, torch.bfloat16):
+            torch.manual_seed(0)
+            model = build_model(spec).to(dtype)
+            image = torch.randn(8, 3, *size, dtype=dtype)
+
+            def step(model=model, image=image) -> None:
+                model.zero_grad(set_to_none=True)
+                outputs = model(image, routes)
+                sum(out.float().square().mean() for out in outputs.values()).backward()
+
+            step()  # warm-up (oneDNN picks its kernels)
+            times[dtype] = best_of(step, repeats)
+    finally:
+        torch.set_num_threads(threads)
+    fp32, bf16 = times[torch.float32], times[torch.bfloat16]
+    print(
+        f"four-task step of the demo's model at one thread: fp32 {fp32 * 1e3:.0f} ms, bf16 {bf16 * 1e3:.0f} ms "
+        f"-> ratio {fp32 / bf16:.2f}x (this CPU: the demo fine-tunes in {cpu_precision()})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, nargs=2, default=(128, 96), metavar=("H", "W"))
@@ -150,6 +191,7 @@ def main() -> None:
     bench_multitask(size, args.repeats)
     bench_data(size, args.repeats)
     bench_decode(args.repeats)
+    bench_precision(size, args.repeats)
 
 
 if __name__ == "__main__":
