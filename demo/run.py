@@ -62,8 +62,10 @@ class DemoSettings:
     precision: str = "auto"
 
     def finetune_overrides(self) -> list[str]:
+        # Resolved here too: a training config's own "auto" means fp32 on any CPU.
+        precision = cpu_precision() if self.precision == "auto" else self.precision
         return [
-            f"precision={self.precision}",
+            f"precision={precision}",
             f"model.head_options.pose.width={self.pose_head_width}",
             f"pose.sigma={self.pose_sigma}",
             f"pose.foreground_weight={self.pose_foreground_weight}",
@@ -76,7 +78,8 @@ class DemoSettings:
 def cpu_precision() -> str:
     """bf16 where the CPU has bf16 matrix instructions (AMX or AVX512-BF16), else fp32. On the 2-core AMX VM a
     bf16 matrix product of the demo's shapes runs 6x faster than fp32, and a fine-tuning step about 1.3x
-    (benchmarks/RESULTS.md); without those instructions bf16 is emulated and slower than fp32."""
+    (benchmarks/RESULTS.md); AVX512-BF16 without AMX was not measured; without either, bf16 is emulated and
+    slower than fp32."""
     import torch
 
     native = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]

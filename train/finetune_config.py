@@ -166,6 +166,7 @@ class FinetuneConfig(TrainConfig):
             schema.subset_flip_indices(self.pose.keypoint_set)
         except (SpecError, ValueError) as e:
             raise ConfigError(str(e)) from None
+        _validate_own_head_options(self.model.head_options)
         num_keypoints = len(schema.subset(self.pose.keypoint_set))
         if self.pose.loss == PoseLoss.ohkm and not 1 <= self.pose.ohkm_topk <= num_keypoints:
             raise ConfigError(
@@ -186,6 +187,26 @@ class FinetuneConfig(TrainConfig):
             if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
                 raise ConfigError(f"{name} must be [low, high] with 0 < low <= high, got {list(pair)}")
         validate_pose_augmentation(self.pose)
+
+
+# The options of this package's own head style (`train.models.heads._default_head`); other styles check theirs.
+_OWN_HEAD_KEYS = ("style", "num_deconv", "num_conv", "width", "patch_size")
+
+
+def _validate_own_head_options(head_options: dict[str, dict[str, Any]]) -> None:
+    """Start-up errors naming the key for `model.head_options` of this package's head style, which would
+    otherwise fail in each rank's model build with a bare TypeError."""
+    for task, options in head_options.items():
+        if options.get("style", "humanvision") != "humanvision":
+            continue
+        unknown = sorted(set(options) - set(_OWN_HEAD_KEYS))
+        if unknown:
+            raise ConfigError(f"model.head_options.{task}: unknown keys {unknown} (known: {', '.join(_OWN_HEAD_KEYS)})")
+        for key in ("num_deconv", "num_conv", "width"):
+            value = options.get(key)
+            minimum = 1 if key == "width" else 0
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+                raise ConfigError(f"model.head_options.{task}.{key} must be an integer >= {minimum}, got {value!r}")
 
 
 def validate_pose_augmentation(pose: TopDownAugment) -> None:

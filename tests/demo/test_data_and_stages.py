@@ -129,11 +129,12 @@ def test_side_by_side_stages_show_progress_bars_as_whole_lines(tmp_path: Path, m
 def test_the_demo_trains_in_bf16_only_on_a_cpu_with_bf16_instructions(monkeypatch, amx, avx512_bf16, expected) -> None:
     import torch
 
-    from demo.run import cpu_precision
+    from demo.run import PROFILES, cpu_precision
 
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
     assert cpu_precision() == expected
+    assert f"precision={expected}" in PROFILES["full"].finetune_overrides()  # "auto" never reaches a config
     # A torch without these probes (they are private) gets fp32, the safe choice, not an AttributeError.
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")

@@ -81,35 +81,29 @@ def test_a_head_width_option_sets_one_heads_channels_and_survives_the_spec_file(
     assert model.heads["depth"].out.in_channels == 8  # every other head keeps head_channels
     # The checkpoint's spec (model.yaml / safetensors metadata) carries it, so eval and export rebuild the same head.
     assert build_model(ModelSpec.from_json(spec.to_json())).heads["pose"].out.in_channels == 24
-    with pytest.raises(ValueError, match="pose head: width must be >= 1"):
+    with pytest.raises(ValueError, match=r"head_options\.pose\.width must be an integer >= 1"):
         build_model(dataclasses.replace(spec, head_options={"pose": {"width": 0}}))
 
 
-def test_depth_silog_lambda_reaches_the_training_loss() -> None:
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.head_options.pose.width=0", r"model\.head_options\.pose\.width must be an integer >= 1, got 0"),
+        ("model.head_options.pose.width=64.5", r"model\.head_options\.pose\.width must be an integer"),
+        ("model.head_options.pose.width=abc", r"model\.head_options\.pose\.width must be an integer"),
+        ("model.head_options.pose.width=true", r"model\.head_options\.pose\.width must be an integer"),
+        ("model.head_options.seg.num_conv=-1", r"model\.head_options\.seg\.num_conv must be an integer >= 0"),
+        ("model.head_options.pose.widht=64", r"model\.head_options\.pose: unknown keys \['widht'\]"),
+    ],
+)
+def test_bad_head_options_fail_at_start_up_naming_the_key(override: str, message: str) -> None:
     import os
 
-    from train.finetune import task_losses
+    from train.config import ConfigError
     from train.finetune_config import load_finetune_config
-    from train.losses import silog_loss
-    from train.models.multitask import build_model
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    path = os.path.join(root, "configs/finetune/depth_tiny.yaml")
-    cfgs = {lam: load_finetune_config(path, ["data.shards=x", f"depth.silog_lambda={lam}"]) for lam in (0.5, 1.0)}
-    assert load_finetune_config(path, ["data.shards=x"]).depth.silog_lambda == 0.5  # Sapiens' value by default
-    torch.manual_seed(0)
-    model = build_model(cfgs[0.5].model_spec()).eval()
-    h, w = cfgs[0.5].model.image_size
-    batch = {
-        "image": torch.randn(2, 3, h, w),
-        "depth_index": torch.arange(2),
-        "depth": torch.rand(2, h, w) + 0.5,
-        "depth_mask": torch.rand(2, h, w) > 0.3,
-    }
-    with torch.no_grad():
-        pred = model(batch["image"])["depth"]
-        for lam, cfg in cfgs.items():
-            loss, _ = task_losses(model, batch, cfg, None)
-            expected = silog_loss(pred, batch["depth"], batch["depth_mask"], lam=lam)
-            assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
-        assert task_losses(model, batch, cfgs[1.0], None)[0] < task_losses(model, batch, cfgs[0.5], None)[0]
+    path = os.path.join(root, "configs/finetune/multi_tiny.yaml")
+    with pytest.raises(ConfigError, match=message):
+        load_finetune_config(path, ["data.shards=x", override])
+    assert load_finetune_config(path, ["data.shards=x", "model.head_options.pose.width=64"]).model_spec().head_options

@@ -204,3 +204,32 @@ def test_half_precision_predictions_give_fp32_losses(dtype: torch.dtype) -> None
     assert silog_loss(depth.to(dtype), depth, valid).dtype == torch.float32
     normals = torch.randn(2, 3, 8, 6, generator=g)
     assert normal_loss(normals.to(dtype), normals / normals.norm(dim=1, keepdim=True), valid).dtype == torch.float32
+
+
+def test_depth_silog_lambda_reaches_the_training_loss() -> None:
+    import os
+
+    from train.finetune import task_losses
+    from train.finetune_config import load_finetune_config
+    from train.models.multitask import build_model
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.path.join(root, "configs/finetune/depth_tiny.yaml")
+    cfgs = {lam: load_finetune_config(path, ["data.shards=x", f"depth.silog_lambda={lam}"]) for lam in (0.5, 1.0)}
+    assert load_finetune_config(path, ["data.shards=x"]).depth.silog_lambda == 0.5  # Sapiens' value by default
+    torch.manual_seed(0)
+    model = build_model(cfgs[0.5].model_spec()).eval()
+    h, w = cfgs[0.5].model.image_size
+    batch = {
+        "image": torch.randn(2, 3, h, w),
+        "depth_index": torch.arange(2),
+        "depth": torch.rand(2, h, w) + 0.5,
+        "depth_mask": torch.rand(2, h, w) > 0.3,
+    }
+    with torch.no_grad():
+        pred = model(batch["image"])["depth"]
+        for lam, cfg in cfgs.items():
+            loss, _ = task_losses(model, batch, cfg, None)
+            expected = silog_loss(pred, batch["depth"], batch["depth_mask"], lam=lam)
+            assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+        assert task_losses(model, batch, cfgs[1.0], None)[0] < task_losses(model, batch, cfgs[0.5], None)[0]

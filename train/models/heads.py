@@ -76,8 +76,8 @@ def _default_head(
     if num_deconv is None:
         num_deconv = _deconvs_for_stride(task, patch_size, spec.output_stride)
     cls = PositiveHead if spec.positive else UpsampleHead
-    if width is not None and width < 1:
-        raise ValueError(f"{task} head: width must be >= 1, got {width}")
+    if width is not None and (isinstance(width, bool) or not isinstance(width, int) or width < 1):
+        raise ValueError(f"{task} head: head_options.{task}.width must be an integer >= 1, got {width!r}")
     width = width or channels or spec.channels
     return cls(in_channels, out_channels, num_deconv, spec.num_conv if num_conv is None else num_conv, width)
 
@@ -117,7 +117,8 @@ def build_head(
     task: Task, in_channels: int, out_channels: int, channels: int | None = None, style: str = "humanvision", **options
 ) -> nn.Module:
     """The head for `task` on a backbone of width `in_channels`. The default style is this package's head (its
-    `TaskDef.head` in `train.models.tasks`, `channels` overriding the width); other styles take their options."""
+    `TaskDef.head` in `train.models.tasks`, `channels` overriding the width and the `width` option overriding
+    `channels`); other styles take their own options (`width` is not one of them)."""
     if style not in HEAD_STYLES:
         raise ValueError(f"head style {style!r} is not one of {', '.join(HEAD_STYLES)}")
     return HEAD_STYLES[style](task, in_channels, out_channels, channels, **options)
