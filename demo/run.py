@@ -30,7 +30,7 @@ Profile = Literal["full", "smoke"]
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Sizes of one demo run. `full` is `make demo` (about 12 minutes on 2 idle cores); `smoke` is the test's."""
+    """Sizes of one demo run. `full` is `make demo` (about 13 minutes on 2 idle cores); `smoke` is the test's."""
 
     bodies: int
     views: int
@@ -57,18 +57,33 @@ class DemoSettings:
     # The pose head's own width over `head_channels`: its 1/4-size map makes 64 channels nearly free (0.246 against
     # 0.251 s a step), where the same width on the full-size depth head would not be.
     pose_head_width: int = 64
+    # The foreground-weighted heatmap MSE is about 0.15 where seg's cross-entropy is about 2: at weight 1 pose has
+    # little say in the shared backbone's updates. On the validation subjects weights 5 / 10 / 20 / 50 raised pose
+    # AP50 from 0.036 to 0.054 / 0.072 / 0.098 / 0.070 and depth a little, and cost normals from 20 above (RESULTS).
+    pose_loss_weight: float = 10.0
+    # Fine-tuning steps where the CPU lacks bf16 instructions: fp32 steps cost about 1.3x, so fewer of them keep
+    # the demo inside its budget. None: `finetune_steps` either way.
+    fp32_finetune_steps: int | None = None
     # "auto": bf16 (DeepSpeed's bf16 mode) where the CPU multiplies bf16 matrices natively, else fp32; see
     # `cpu_precision`. The demo-settings.json of a run records the choice.
     precision: str = "auto"
 
+    def resolved(self) -> DemoSettings:
+        """These settings for this machine: precision "auto" decided (`cpu_precision`), and the step count that
+        goes with it. demo-settings.json records the result."""
+        precision = cpu_precision() if self.precision == "auto" else self.precision
+        steps = self.fp32_finetune_steps if precision == "fp32" and self.fp32_finetune_steps else self.finetune_steps
+        return replace(self, precision=precision, finetune_steps=steps)
+
     def finetune_overrides(self) -> list[str]:
         # Resolved here too: a training config's own "auto" means fp32 on any CPU.
-        precision = cpu_precision() if self.precision == "auto" else self.precision
+        precision = self.resolved().precision
         return [
             f"precision={precision}",
             f"model.head_options.pose.width={self.pose_head_width}",
             f"pose.sigma={self.pose_sigma}",
             f"pose.foreground_weight={self.pose_foreground_weight}",
+            f"pose.loss_weight={self.pose_loss_weight}",
             *self.pose_augment,
             f"optim.schedule={self.schedule}",
             f"optim.warmup_steps={min(self.finetune_warmup, self.finetune_steps)}",
@@ -96,6 +111,7 @@ PROFILES: dict[str, DemoSettings] = {
         curate_min_short_side=160,
         pretrain_steps=300,
         finetune_steps=1000,
+        fp32_finetune_steps=750,
         pretrain_batch_size=16,
         finetune_batch_size=8,
         model_depth=6,
@@ -156,9 +172,7 @@ class DemoPaths:
 
 def run_demo(out: Path, profile: Profile = "full", labelstudio: bool = True) -> dict:
     """Run every stage; returns the summary (also written to OUT/summary.json)."""
-    settings = PROFILES[profile]
-    if settings.precision == "auto":
-        settings = replace(settings, precision=cpu_precision())
+    settings = PROFILES[profile].resolved()
     out = out.resolve()  # every stage gets absolute paths, whatever its working directory
     paths = DemoPaths(out)
     out.mkdir(parents=True, exist_ok=True)

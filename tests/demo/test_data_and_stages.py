@@ -135,6 +135,9 @@ def test_the_demo_trains_in_bf16_only_on_a_cpu_with_bf16_instructions(monkeypatc
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
     assert cpu_precision() == expected
     assert f"precision={expected}" in PROFILES["full"].finetune_overrides()  # "auto" never reaches a config
+    full = PROFILES["full"].resolved()
+    # Without bf16 instructions fewer, dearer fp32 steps keep make demo inside its budget.
+    assert (full.precision, full.finetune_steps) == (expected, 1000 if expected == "bf16" else 750)
     # A torch without these probes (they are private) gets fp32, the safe choice, not an AttributeError.
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")

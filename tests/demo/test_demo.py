@@ -94,6 +94,7 @@ def test_every_stage_left_its_outputs(demo_run) -> None:
         assert (out / f"finetune-{init}" / "model.safetensors").exists()
         config = yaml.safe_load((out / f"finetune-{init}" / "config.yaml").read_text())
         assert config["precision"] == settings["precision"]
+        assert config["pose"]["loss_weight"] == settings["pose_loss_weight"] > 1
         assert (
             config["model"]["head_options"]["pose"]["width"]
             == settings["pose_head_width"]
