@@ -59,7 +59,8 @@ class DemoSettings:
     pose_head_width: int = 64
     # The foreground-weighted heatmap MSE is about 0.15 where seg's cross-entropy is about 2: at weight 1 pose has
     # little say in the shared backbone's updates. On the validation subjects weights 5 / 10 / 20 / 50 raised pose
-    # AP50 from 0.036 to 0.054 / 0.072 / 0.098 / 0.070 and depth a little, and cost normals from 20 above (RESULTS).
+    # AP50 from 0.036 to 0.054 / 0.072 / 0.098 / 0.070 and depth a little; normals lost a little (32.7 degrees at
+    # weight 1, 33.0 at 10, 34.6 at 50; benchmarks/RESULTS.md).
     pose_loss_weight: float = 10.0
     # Fine-tuning steps where the CPU lacks bf16 instructions: fp32 steps cost about 1.3x, so fewer of them keep
     # the demo inside its budget. None: `finetune_steps` either way.
