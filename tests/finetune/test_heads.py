@@ -68,7 +68,7 @@ def test_a_patch_size_no_deconvolution_count_can_serve_names_the_option() -> Non
         build_model(spec)
 
 
-def test_a_head_width_option_sets_one_heads_channels_and_survives_the_spec_file(tmp_path) -> None:
+def test_a_head_width_option_sets_one_heads_channels_and_survives_the_spec_file() -> None:
     from train.models.multitask import build_model
     from train.models.spec import ModelSpec
 
