@@ -103,6 +103,10 @@ class DepthConfig:
     # The SiLog loss's lambda (`train.losses.silog_loss`): 0.5 is the Sapiens/Eigen value; 1 makes the loss blind
     # to each image's global depth scale, as relative-depth evaluation (scale-and-shift aligned) is.
     silog_lambda: float = 0.5
+    # Added to the min-max normalised target and to the prediction before the loss's log (`silog_loss`): 0 is the
+    # paper's loss, whose log puts most of the weight on the few pixels nearest the camera; 1 weighs the person's
+    # pixels about evenly (the demo's short runs; benchmarks/RESULTS.md).
+    log_offset: float = 0.0
     loss_weight: float = 1.0
 
 
@@ -152,6 +156,7 @@ class FinetuneConfig(TrainConfig):
             pose_foreground_weight=self.pose.foreground_weight,
             class_weight=class_weight,
             depth_silog_lambda=self.depth.silog_lambda,
+            depth_log_offset=self.depth.log_offset,
         )
 
     def validate(self) -> None:
@@ -178,6 +183,9 @@ class FinetuneConfig(TrainConfig):
             raise ConfigError(f"pose.foreground_weight must be a finite number >= 0 (0: the plain MSE), got {weight}")
         if not 0 <= self.depth.silog_lambda <= 1:  # also refuses nan
             raise ConfigError(f"depth.silog_lambda must be in [0, 1] (0.5: Sapiens), got {self.depth.silog_lambda}")
+        if not (math.isfinite(self.depth.log_offset) and self.depth.log_offset >= 0):
+            offset = self.depth.log_offset
+            raise ConfigError(f"depth.log_offset must be a finite number >= 0 (0: Sapiens), got {offset}")
         for name, pair in (
             ("pose.scale_range", self.pose.scale_range),
             ("augment.scale_range", self.augment.scale_range),

@@ -128,24 +128,37 @@ def weighted_ce(
 
 
 def silog_loss(
-    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6, lam: float = 0.5
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    eps: float = 1e-6,
+    lam: float = 0.5,
+    offset: float = 0.0,
 ) -> torch.Tensor:
     """Scale-invariant log loss (Eigen et al. 2014; lambda 0.5 as in Sapiens), per image then averaged over images.
 
     pred, target: (B, 1, H, W) or (B, H, W), pred resized bilinearly to the target when sizes differ;
-    mask: same spatial shape, bool. Over the M_b valid pixels of image b (mask and target > eps):
-        delta = log(target) - log(max(pred, eps))
+    mask: same spatial shape, bool. With t = target + offset and p = pred + offset, over the M_b valid pixels
+    of image b (mask and t > eps):
+        delta = log(t) - log(max(p, eps))
         L_b = sqrt(mean(delta^2) - lam * mean(delta)^2)
         L = mean over images with M_b > 0 of L_b     (0 when no image has a valid pixel)
     lam = 1 makes L_b the standard deviation of delta: blind to a global scale of pred, as an evaluation that
     aligns each prediction's scale is; lam < 1 also asks for the scale. The variance term is clamped at 1e-12
     before the square root, whose gradient is infinite at 0.
+    offset 0 is the paper's loss. On min-max normalised targets the log then grows without bound towards the
+    person's nearest point (a target of 0.002 weighs as much as the rest of the body), so a few pixels a model
+    cannot place to the millimetre dominate the loss; an offset of 1 takes the log of depths in [1, 2], where
+    every pixel counts about evenly, as in the scale-and-shift aligned metric.
     """
     if not 0 <= lam <= 1:  # also refuses nan; lam > 1 would reward a wrong scale
         raise ValueError(f"silog_loss: lam must be in [0, 1], got {lam}")
+    if not (math.isfinite(offset) and offset >= 0):
+        raise ValueError(f"silog_loss: offset must be a finite number >= 0, got {offset}")
     (pred, target), mask = _fp32(_dense_1ch(pred), _dense_1ch(target)), _dense_1ch(mask).bool()
     if pred.shape[1:] != target.shape[1:]:
         pred = F.interpolate(pred[:, None], size=target.shape[1:], mode="bilinear", align_corners=False)[:, 0]
+    pred, target = pred + offset, target + offset
     valid = mask & (target > eps)
     count = valid.flatten(1).sum(1)  # (B,)
     has = (count > 0).to(pred.dtype)

@@ -96,22 +96,43 @@ def test_weighted_ce_rejects_out_of_vocabulary_ids() -> None:
         weighted_ce(torch.randn(1, 3, 2, 2), torch.full((1, 2, 2), 7), None)
 
 
-@pytest.mark.parametrize("lam", [0.0, 0.5, 1.0])
-def test_silog_matches_numpy_per_image_mean(lam: float) -> None:
+@pytest.mark.parametrize(("lam", "offset"), [(0.0, 0.0), (0.5, 0.0), (1.0, 0.0), (0.5, 1.0), (1.0, 0.25)])
+def test_silog_matches_numpy_per_image_mean(lam: float, offset: float) -> None:
     pred = RNG.uniform(0.05, 1.0, (3, 1, 6, 5))
     target = RNG.uniform(0.0, 1.0, (3, 1, 6, 5))
-    target[0, 0, :2] = 0.0  # zero depth drops out even inside the mask
+    target[0, 0, :2] = 0.0  # the person's nearest point: it drops out without an offset, counts with one
     mask = RNG.random((3, 6, 5)) > 0.3
     mask[2] = False  # an image with no valid pixel does not count
     losses = []
     for b in range(3):
-        valid = mask[b] & (target[b, 0] > 1e-6)
+        t, p = target[b, 0] + offset, pred[b, 0] + offset
+        valid = mask[b] & (t > 1e-6)
         if not valid.any():
             continue
-        d = np.log(target[b, 0][valid]) - np.log(pred[b, 0][valid])
+        d = np.log(t[valid]) - np.log(p[valid])
         losses.append(np.sqrt((d**2).mean() - lam * d.mean() ** 2))
-    got = silog_loss(_t(pred), _t(target), _t(mask), lam=lam)
+    got = silog_loss(_t(pred), _t(target), _t(mask), lam=lam, offset=offset)
     assert got.item() == pytest.approx(np.mean(losses), rel=1e-9)
+
+
+def test_silog_offset_stops_the_nearest_pixels_dominating() -> None:
+    # Min-max normalised depth: one pixel just behind the nearest point (target 0.001), the rest spread over
+    # [0.2, 1]. A prediction 0.05 off everywhere: without an offset that one pixel's log error (about 4) takes
+    # most of the gradient (94% here); with offset 1 it takes a few percent, like the other 63 pixels.
+    target = torch.linspace(0.2, 1.0, 64).reshape(1, 1, 8, 8)
+    target[0, 0, 0, 0] = 0.001
+    mask = torch.ones(1, 8, 8, dtype=torch.bool)
+    pred = (target + 0.05).requires_grad_(True)
+    silog_loss(pred, target, mask).backward()
+    plain = pred.grad.abs().flatten()
+    pred.grad = None
+    silog_loss(pred, target, mask, offset=1.0).backward()
+    shifted = pred.grad.abs().flatten()
+    assert plain[0] > 0.5 * plain.sum()
+    assert shifted[0] < 0.1 * shifted.sum()
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="offset must be a finite number >= 0"):
+            silog_loss(pred, target, mask, offset=bad)
 
 
 def test_silog_is_scale_invariant_in_its_mean_term() -> None:
@@ -206,7 +227,7 @@ def test_half_precision_predictions_give_fp32_losses(dtype: torch.dtype) -> None
     assert normal_loss(normals.to(dtype), normals / normals.norm(dim=1, keepdim=True), valid).dtype == torch.float32
 
 
-def test_depth_silog_lambda_reaches_the_training_loss() -> None:
+def test_depth_silog_lambda_and_log_offset_reach_the_training_loss() -> None:
     import os
 
     from train.finetune import task_losses
@@ -215,11 +236,18 @@ def test_depth_silog_lambda_reaches_the_training_loss() -> None:
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     path = os.path.join(root, "configs/finetune/depth_tiny.yaml")
-    cfgs = {lam: load_finetune_config(path, ["data.shards=x", f"depth.silog_lambda={lam}"]) for lam in (0.5, 1.0)}
-    assert load_finetune_config(path, ["data.shards=x"]).depth.silog_lambda == 0.5  # Sapiens' value by default
+    options = [(0.5, 0.0), (1.0, 0.0), (0.5, 1.0)]
+    cfgs = {
+        (lam, offset): load_finetune_config(
+            path, ["data.shards=x", f"depth.silog_lambda={lam}", f"depth.log_offset={offset}"]
+        )
+        for lam, offset in options
+    }
+    default = load_finetune_config(path, ["data.shards=x"]).depth
+    assert (default.silog_lambda, default.log_offset) == (0.5, 0.0)  # Sapiens' loss by default
     torch.manual_seed(0)
-    model = build_model(cfgs[0.5].model_spec()).eval()
-    h, w = cfgs[0.5].model.image_size
+    model = build_model(cfgs[0.5, 0.0].model_spec()).eval()
+    h, w = cfgs[0.5, 0.0].model.image_size
     batch = {
         "image": torch.randn(2, 3, h, w),
         "depth_index": torch.arange(2),
@@ -228,8 +256,10 @@ def test_depth_silog_lambda_reaches_the_training_loss() -> None:
     }
     with torch.no_grad():
         pred = model(batch["image"])["depth"]
-        for lam, cfg in cfgs.items():
-            loss, _ = task_losses(model, batch, cfg, None)
-            expected = silog_loss(pred, batch["depth"], batch["depth_mask"], lam=lam)
-            assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
-        assert task_losses(model, batch, cfgs[1.0], None)[0] < task_losses(model, batch, cfgs[0.5], None)[0]
+        losses = {}
+        for (lam, offset), cfg in cfgs.items():
+            losses[lam, offset], _ = task_losses(model, batch, cfg, None)
+            expected = silog_loss(pred, batch["depth"], batch["depth_mask"], lam=lam, offset=offset)
+            assert losses[lam, offset].item() == pytest.approx(expected.item(), rel=1e-6)
+        assert losses[1.0, 0.0] < losses[0.5, 0.0]
+        assert losses[0.5, 1.0] != pytest.approx(losses[0.5, 0.0].item(), rel=1e-3)

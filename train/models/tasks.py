@@ -56,6 +56,7 @@ class LossInputs:
     pose_foreground_weight: float = 0.0  # heatmap pixels weighted 1 + this * target (0: the plain MSE)
     class_weight: torch.Tensor | None = None  # seg: per-class cross-entropy weights
     depth_silog_lambda: float = 0.5  # the SiLog loss's lambda (1: blind to each image's depth scale)
+    depth_log_offset: float = 0.0  # added to target and prediction before the SiLog loss's log (0: the paper's)
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,9 @@ def _seg_loss(pred: torch.Tensor, batch: dict[str, torch.Tensor], inputs: LossIn
 def _depth_loss(pred: torch.Tensor, batch: dict[str, torch.Tensor], inputs: LossInputs) -> torch.Tensor:
     from train.losses import silog_loss
 
-    return silog_loss(pred, batch["depth"], batch["depth_mask"], lam=inputs.depth_silog_lambda)
+    return silog_loss(
+        pred, batch["depth"], batch["depth_mask"], lam=inputs.depth_silog_lambda, offset=inputs.depth_log_offset
+    )
 
 
 def _normal_loss(pred: torch.Tensor, batch: dict[str, torch.Tensor], inputs: LossInputs) -> torch.Tensor:
