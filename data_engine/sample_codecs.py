@@ -86,12 +86,13 @@ def decode_normal(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     if q is None or q.ndim != 3 or q.shape[2] != 3 or q.dtype != np.uint16:
         got = None if q is None else f"{q.shape} {q.dtype}"
         raise SampleError(f"normal.png must be a 16-bit 3-channel PNG, got {got}")
-    q = q[..., ::-1]
     valid = np.any(q != 0, axis=-1)
-    n = q.astype(np.float32) / _NORMAL_SCALE * 2.0 - 1.0
+    # Only the surface's pixels are converted (a person is often a tenth of a render): BGR -> RGB, then [-1, 1].
+    v = q[valid][:, ::-1].astype(np.float32) * np.float32(2.0 / _NORMAL_SCALE) - np.float32(1.0)
     # Re-normalise: quantisation leaves |n| a few 1e-5 off unit, which would bias dot products.
-    n /= np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
-    n[~valid] = 0.0
+    v /= np.maximum(np.sqrt(np.einsum("ij,ij->i", v, v))[:, None], np.float32(1e-12))
+    n = np.zeros(q.shape, np.float32)
+    n[valid] = v
     return n
 
 
