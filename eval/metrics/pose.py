@@ -23,6 +23,7 @@ import numpy as np
 
 from data_engine import schema
 from eval.metrics import MetricInputError
+from eval.metrics.pck import pck
 
 # The groups reported under `groups`, in the order of the Sapiens paper's tables.
 REPORT_GROUPS: tuple[str, ...] = ("body", "feet", "face", "left_hand", "right_hand", "all")
@@ -185,7 +186,8 @@ def _empty_prediction_stats(coco_gt: Any, sigmas: np.ndarray) -> dict[str, float
 
 
 def pose_metrics(gt: dict[str, Any], preds: list[dict[str, Any]], subset_name: str | None = None) -> dict[str, Any]:
-    """{AP, AP50, AP75, APm, APl, AR, keypoints, num_keypoints, groups: {group: {...}}}.
+    """{AP, AP50, AP75, APm, APl, AR, pck: {PCK@0.05, PCK@0.1, PCK@0.2}, keypoints, num_keypoints,
+    groups: {group: {...}}}.
 
     `groups` holds every reported group with at least one keypoint in the subset (coco17 has no hands).
     """
@@ -200,6 +202,7 @@ def pose_metrics(gt: dict[str, Any], preds: list[dict[str, Any]], subset_name: s
     validate_gt(gt, num)
     validate_predictions(preds, gt, num)
     result: dict[str, Any] = coco_keypoint_stats(gt, preds, subset_sigmas)
+    result["pck"] = pck(gt, preds, subset_sigmas)  # a box-relative scale next to the OKS's (eval.metrics.pck)
     groups: dict[str, dict[str, float | None]] = {}
     for group in REPORT_GROUPS:
         positions = group_positions(subset_name, group)
