@@ -2,7 +2,10 @@
 
 - pose:   the mean pose of the train split (keypoints relative to the person box) placed in each held-out box
 - seg:    the train split's majority class everywhere
-- depth:  a constant map (after the per-image scale-and-shift alignment this predicts the mean depth)
+- depth:  a constant map (after the per-image scale-and-shift alignment this predicts the mean depth); and,
+          reported next to it, a vertical ramp (depth = the image row, aligned the same way): the renders' cameras
+          mostly look down, so the feet are farther than the head, and a model can score well above the constant
+          by learning only that
 - normal: the train split's mean normal everywhere
 """
 
@@ -78,7 +81,7 @@ def baseline_metrics(train: Path, heldout: Path, pose_eval_dir: Path) -> dict[st
     keypoint_set = infer_subset(gt)
     stats = _train_statistics(train, schema.subset_names(keypoint_set))
 
-    seg_pairs, depth_pairs, normal_pairs = [], [], []
+    seg_pairs, depth_pairs, ramp_pairs, normal_pairs = [], [], [], []
     vocabulary = "goliath28"
     held: list[Sample] = list(iter_samples(str(heldout), policy="skip"))
     for s in held:
@@ -87,6 +90,8 @@ def baseline_metrics(train: Path, heldout: Path, pose_eval_dir: Path) -> dict[st
             seg_pairs.append((s.key, s.seg, np.full_like(s.seg, stats["majority_class"])))
         if s.depth is not None:
             depth_pairs.append((s.key, s.depth, np.ones_like(s.depth)))
+            rows = np.arange(1, s.depth.shape[0] + 1, dtype=np.float32)[:, None]
+            ramp_pairs.append((s.key, s.depth, np.broadcast_to(rows, s.depth.shape)))
         if s.normal is not None:
             normal_pairs.append((s.key, s.normal, np.broadcast_to(stats["mean_normal"], s.normal.shape)))
     seg_scores = seg_metrics(seg_pairs, vocabulary)
@@ -96,7 +101,11 @@ def baseline_metrics(train: Path, heldout: Path, pose_eval_dir: Path) -> dict[st
             "method": f"majority class ({schema.vocabulary(vocabulary).classes[stats['majority_class']].name})",
             **seg_scores,
         },
-        "depth": {"method": "constant depth (the aligned mean)", **_strip(depth_metrics(depth_pairs))},
+        "depth": {
+            "method": "constant depth (the aligned mean)",
+            **_strip(depth_metrics(depth_pairs)),
+            "vertical_ramp": {"method": "depth = image row, aligned", **_strip(depth_metrics(ramp_pairs))},
+        },
         "normal": {
             "method": f"mean train normal {np.round(stats['mean_normal'], 3).tolist()}",
             **normal_metrics(normal_pairs),

@@ -68,6 +68,10 @@ def test_summary_has_every_task_with_finite_numbers(demo_run) -> None:
     seg = json.loads((out / "eval" / "pretrained-seg" / "metrics.json").read_text())
     assert summary["seg"]["pretrained"] == seg["mIoU"]
     assert 0 <= summary["seg"]["baseline"] <= 1 and summary["normal"]["baseline"] > 0
+    # The second depth baseline: a ramp down the image, scored by the same metric as the constant.
+    baselines = json.loads((out / "eval" / "baselines.json").read_text())
+    ramp = baselines["depth"]["vertical_ramp"]
+    assert 0 < ramp["rmse"] < baselines["depth"]["rmse"] == summary["depth"]["baseline"]
 
 
 def test_every_stage_left_its_outputs(demo_run) -> None:
@@ -95,11 +99,16 @@ def test_every_stage_left_its_outputs(demo_run) -> None:
         config = yaml.safe_load((out / f"finetune-{init}" / "config.yaml").read_text())
         assert config["precision"] == settings["precision"]
         assert config["pose"]["loss_weight"] == settings["pose_loss_weight"] > 1
+        assert config["depth"]["log_offset"] == settings["depth_log_offset"] > 0
         assert (
             config["model"]["head_options"]["pose"]["width"]
             == settings["pose_head_width"]
             != config["model"]["head_channels"]
         )
+    for init in ("pretrained", "random"):
+        for task in ("pose", "seg", "depth", "normal"):
+            metrics = json.loads((out / "eval" / f"{init}-{task}" / "metrics.json").read_text())
+            assert metrics["model"]["flip_test"] is settings["flip_test"] is True, (init, task)
     for stage in ("synth", "curate", "pretrain", "finetune-pretrained", "eval-random", "annotate-predict"):
         assert (out / "logs" / f"{stage}.log").exists(), stage
     for n in range(1, 8):
@@ -133,6 +142,10 @@ def test_report_opens_in_chromium_without_console_errors(demo_run, tmp_path: Pat
     html = (out / "report.html").read_text()
     for heading in ("Results on held-out subjects", "Curation", "Training curves", "Predictions"):
         assert heading in html
+    # Pose next to its baseline on a scale where the mean pose does not score 0: the models' and its PCK.
+    assert "Pose keypoints within a fraction of the box (PCK)" in html
+    assert "Depth RMSE (m) against a vertical ramp" in html
+    assert html.count("PCK@0.05") >= 2  # the overview's table and the per-run metrics
     # Self-contained: nothing fetched from anywhere, no script.
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", html) and "<script" not in html
     png = tmp_path / "report.png"
