@@ -73,8 +73,8 @@ def write_demo_report(
         overview.items.append(
             Note(
                 "Pose AP scales each keypoint's tolerance by the person's mask area: on these small people it asks "
-                "for a few pixels, and the mean pose scores 0. PCK counts the keypoints within 5%, 10% and 20% of "
-                "the larger side of each person's box."
+                "for a few pixels, and the mean pose can score 0. PCK counts the keypoints within 5%, 10% and 20% "
+                "of the larger side of each person's box."
             )
         )
         overview.items.append(MetricTable("Pose keypoints within a fraction of the box (PCK)", {"pck": pose_pck}))
