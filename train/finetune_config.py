@@ -101,7 +101,8 @@ class LossWeight:
 @dataclass
 class DepthConfig:
     # The SiLog loss's lambda (`train.losses.silog_loss`): 0.5 is the Sapiens/Eigen value; 1 makes the loss blind
-    # to each image's global depth scale, as relative-depth evaluation (scale-and-shift aligned) is.
+    # to each image's global depth scale (with log_offset 0), as relative-depth evaluation (scale-and-shift
+    # aligned) is.
     silog_lambda: float = 0.5
     # Added to the min-max normalised target and to the prediction before the loss's log (`silog_loss`): 0 is the
     # paper's loss, whose log puts most of the weight on the few pixels nearest the camera; 1 weighs the person's

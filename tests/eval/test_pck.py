@@ -44,8 +44,11 @@ def test_distances_are_measured_against_the_box_size() -> None:
     assert pck(gt, [_pred(person)], SIGMAS) == {"PCK@0.05": 1.0, "PCK@0.1": 1.0, "PCK@0.2": 1.0}
     # 8 px off: outside 5 px (0.05), inside 10 px and 20 px.
     assert pck(gt, [_pred(person, (8.0, 0.0))], SIGMAS) == {"PCK@0.05": 0.0, "PCK@0.1": 1.0, "PCK@0.2": 1.0}
-    # 15 px off along the box's short side still uses the long side: only 0.2 holds.
+    # 15 px off: only 0.2 holds.
     assert pck(gt, [_pred(person, (0.0, 15.0))], SIGMAS) == {"PCK@0.05": 0.0, "PCK@0.1": 0.0, "PCK@0.2": 1.0}
+    # A box lying on its side (100 x 40) also scales by its larger side, its width: 8 px is within 0.1 of it.
+    lying = _person(1, 1, (10.0, 10.0), box=(100.0, 40.0))
+    assert pck(_gt(lying), [_pred(lying, (0.0, 8.0))], SIGMAS) == {"PCK@0.05": 0.0, "PCK@0.1": 1.0, "PCK@0.2": 1.0}
 
 
 def test_unlabelled_keypoints_do_not_count_and_a_missed_person_counts_as_misses() -> None:
