@@ -12,7 +12,10 @@ Labels:
   head and tongue masks; painted clothing is labelled Upper_Clothing / Lower_Clothing;
 - keypoints: anny's COCO regressor (COCO-17 + 6 foot points, the first 23 Goliath names) plus the
   finger joints from the hand rig (bone heads; fingertips are the farthest vertex along the last bone).
-Not modelled: hair, teeth and lips have no geometry or mask in anny, so those classes never appear.
+- hair (with probability `hair_prob`) is painted on the scalp, not modelled: the crown above a hairline and the
+  back of the head down to a random length, labelled Hair. It gives a picture's front (face) and back (hair)
+  apart, as on real people; without it a uniformly clothed body looks the same from both sides.
+Not modelled: teeth and lips have no geometry or mask in anny, so those classes never appear.
 
 The model caches under ANNY_CACHE_DIR (default ~/.cache/anny) and its skinning kernels under
 WARP_CACHE_PATH; point both at a persistent folder on workers.
@@ -74,6 +77,14 @@ _SKIN_TONES = np.array(  # light to dark, sRGB
     [[255, 224, 196], [241, 194, 167], [224, 172, 130], [198, 134, 66], [141, 85, 36], [92, 51, 23]], dtype=np.float64
 )
 
+# Painted hair (`BodyModel._hair_faces`): black, dark and light brown, blond, red, grey (sRGB); the hairline's
+# height above the eyes and the range of lengths below them at the back, in the rest template's metres.
+_HAIR_COLOURS = np.array(
+    [[28, 24, 22], [60, 42, 30], [110, 78, 50], [196, 160, 100], [140, 62, 30], [170, 168, 165]], dtype=np.float64
+)
+_HAIRLINE_M = 0.05
+_HAIR_LENGTH_M = (0.02, 0.15)
+
 
 class BodyModel:
     """anny loaded once per worker, with everything that depends only on its topology precomputed."""
@@ -94,6 +105,7 @@ class BodyModel:
         indices = self.model.vertex_bone_indices.detach().cpu().numpy()
         self.vertex_bone = indices[np.arange(len(indices)), np.argmax(weights, axis=1)]
         self.face_region, self.face_side, self.tongue_faces = self._face_regions()
+        self.scalp_height, self.behind_ears = self._scalp()
         self.landmark_names = self._landmark_names()
         # Vertex normals are sums of the adjacent faces' area-weighted normals: one sparse product per pose.
         v_count, f_count = int(self.model.template_vertices.shape[-2]), len(self.faces)
@@ -136,6 +148,29 @@ class BodyModel:
         region[head], side[head] = REGIONS.index("head"), -1
         tongue = get_face_segmentation_mask(self.model, ["tongue"]).cpu().numpy()
         return region, side, tongue
+
+    def _scalp(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per face, in the rest template: height above the eyes (m; nan off the head) and whether it lies behind
+        the ears. Hair is painted from these (`_hair_faces`), so each body only picks a length."""
+        from anny.face_segmentation import get_face_segmentation_mask
+
+        template = self.model.template_vertices.detach().cpu().numpy().reshape(-1, 3)
+        centres = template[self.faces].mean(axis=1)  # anny's frame: z up, the face towards -y
+        eyes = get_face_segmentation_mask(self.model, ["eye_front.L", "eye_front.R"]).cpu().numpy()
+        head = self.face_region == REGIONS.index("head")
+        height = np.where(head, centres[:, 2] - centres[eyes, 2].mean(), np.nan)
+        # The ears sit about halfway between the nose and the back of the skull.
+        ears_y = 0.5 * (centres[head, 1].min() + centres[head, 1].max())
+        return height, centres[:, 1] > ears_y
+
+    def _hair_faces(self, length: float) -> np.ndarray:
+        """Faces under hair `length` m long at the back (below the eyes' height): the crown and temples above a
+        hairline over the forehead, and behind the ears down to that length. A face, not a hairstyle: a
+        picture's front shows skin and its back hair, as on most people."""
+        with np.errstate(invalid="ignore"):  # nan heights: not on the head
+            crown = self.scalp_height > _HAIRLINE_M
+            back = self.behind_ears & (self.scalp_height > -length)
+        return crown | back
 
     def _split_uv(self) -> None:
         """Duplicate vertices at UV seams: trimesh/pyrender want one UV per vertex."""
@@ -184,7 +219,8 @@ class BodyModel:
             "long_legs": bool(rng.random() < 0.6),
         }
         skin = _skin_tone(rng)
-        face_labels, face_colours = self._labels_and_colours(clothing, skin)
+        hair = _random_hair(rng) if rng.random() < config.hair_prob else None
+        face_labels, face_colours = self._labels_and_colours(clothing, skin, hair)
         material = trimesh.visual.material.PBRMaterial(
             baseColorTexture=Image.fromarray(self._texture(face_colours, rng)),
             baseColorFactor=[1.0, 1.0, 1.0, 1.0],  # floats: integers are read as 0-255
@@ -220,6 +256,7 @@ class BodyModel:
             "phenotype": {k: round(v, 6) for k, v in phenotype.items()},
             "skin_rgb": [round(float(c), 4) for c in skin],
             "clothing": clothing,
+            "hair": hair,
         }
         return Subject(
             id=f"body-{seed}-{index:06d}",
@@ -253,7 +290,9 @@ class BodyModel:
         bone_heads = out["bone_poses"][:, :, :3, 3].cpu().numpy().astype(np.float64)
         return vertices, keypoints.astype(np.float64), bone_heads
 
-    def _labels_and_colours(self, clothing: dict, skin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _labels_and_colours(
+        self, clothing: dict, skin: np.ndarray, hair: dict | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         vocab = schema.vocabulary("goliath28")
         ids = {n: i for i, n in enumerate(vocab.names)}
         region = np.array(REGIONS)[self.face_region]
@@ -272,6 +311,10 @@ class BodyModel:
             covered = np.isin(region, ["pelvis", "upper_leg"] + (["lower_leg"] if clothing["long_legs"] else []))
             labels[covered] = ids["Lower_Clothing"]
             colours[covered] = clothing["bottom"]
+        if hair is not None:
+            covered = self._hair_faces(hair["length_m"])
+            labels[covered] = ids["Hair"]
+            colours[covered] = hair["rgb"]
         return labels, colours
 
     def _texture(self, face_colours: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -331,6 +374,13 @@ class BodyModel:
         # |p - w|^2 = |p|^2 - 2 p.w + |w|^2, as one matrix product instead of a (K, V, 3) difference array.
         d2 = (points**2).sum(1)[:, None] - 2.0 * points @ surface.T + (surface**2).sum(1)[None, :]
         return list(np.argpartition(d2, 12, axis=1)[:, :12] * 3)
+
+
+def _random_hair(rng: np.random.Generator) -> dict:
+    """A natural hair colour (jittered in brightness) and a length at the back of the head."""
+    base = _HAIR_COLOURS[rng.integers(len(_HAIR_COLOURS))] / 255.0
+    rgb = np.clip(base * rng.uniform(0.8, 1.2), 0.0, 1.0)
+    return {"rgb": [round(float(c), 4) for c in rgb], "length_m": round(float(rng.uniform(*_HAIR_LENGTH_M)), 4)}
 
 
 def _skin_tone(rng: np.random.Generator) -> np.ndarray:

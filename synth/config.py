@@ -84,6 +84,7 @@ class BodyConfig:
     views_per_pose: int = 1
     families: list[PoseFamily] = field(default_factory=lambda: list(POSE_FAMILIES))  # pose families to draw from
     clothing_prob: float = 0.7  # chance of a coloured top and of coloured bottoms (labelled as clothing)
+    hair_prob: float = 0.85  # chance of hair painted on the scalp (labelled Hair); the rest are bald
     texture_size: int = 512
 
 
@@ -169,8 +170,10 @@ def check_config(config: SynthConfig) -> None:
         raise ConfigError(f"bodies.families: {e}") from None
     if body.views_per_pose < 1:
         raise ConfigError(f"bodies.views_per_pose must be >= 1, got {body.views_per_pose}")
-    if not 0.0 <= body.clothing_prob <= 1.0:
-        raise ConfigError(f"bodies.clothing_prob must be within [0, 1], got {body.clothing_prob}")
+    for name in ("clothing_prob", "hair_prob"):
+        value = getattr(body, name)
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"bodies.{name} must be within [0, 1], got {value}")
     if config.scan.min_height_m >= config.scan.max_height_m:
         raise ConfigError("scan.min_height_m must be below scan.max_height_m")
 

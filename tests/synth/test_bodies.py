@@ -63,6 +63,25 @@ def test_clothing_is_labelled_as_clothing(body_model):
     assert body.params["clothing"]["top"] is not None
 
 
+def test_hair_covers_the_crown_and_the_back_of_the_head_not_the_face(body_model):
+    bald = body_model.sample(0, seed=1, config=BodyConfig(pose_scale=0.0, hair_prob=0.0))
+    assert class_id("Hair") not in set(np.unique(bald.geometry.face_labels).tolist()) and bald.params["hair"] is None
+    body = body_model.sample(0, seed=1, config=BodyConfig(pose_scale=0.0, hair_prob=1.0))
+    geo, names = body.geometry, body.landmarks.names
+    centroid = geo.positions[geo.faces].mean(1)
+    hair, face = geo.face_labels == class_id("Hair"), geo.face_labels == class_id("Face_Neck")
+    assert hair.sum() > 200 and face.sum() > 200
+    assert body.params["hair"]["length_m"] > 0 and len(body.params["hair"]["rgb"]) == 3
+    # The body faces +z: hair lies behind the nose, and the top of the head is hair, the front below the eyes skin.
+    nose, eye = (body.landmarks.points[names.index(n)] for n in ("nose", "left_eye"))
+    assert centroid[hair, 2].mean() < nose[2] - 0.05
+    assert centroid[hair, 1].max() > centroid[face, 1].max()
+    front_below_eyes = (centroid[:, 2] > nose[2] - 0.03) & (centroid[:, 1] < eye[1]) & (centroid[:, 1] > eye[1] - 0.08)
+    assert front_below_eyes.sum() > 20 and not hair[front_below_eyes].any()
+    # Everything else about the body is as without hair: hair is paint on the same surface.
+    assert np.array_equal(bald.geometry.positions, body.geometry.positions)
+
+
 def test_keypoints_cover_body_feet_and_hands_in_goliath_names(body_model):
     body = body_model.sample(1, seed=0, config=BodyConfig())
     names = body.landmarks.names

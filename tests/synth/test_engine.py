@@ -154,6 +154,8 @@ def test_config_errors_fail_at_start_up(tmp_path, scan_dir, capsys):
     assert "views must be >= 1" in capsys.readouterr().err
     assert hv(str(scan_dir), "--out", out, "camera.fill=[0.9,0.2]") == 2
     assert "camera.fill" in capsys.readouterr().err
+    assert hv(str(scan_dir), "--out", out, "bodies.hair_prob=1.5") == 2
+    assert "bodies.hair_prob must be within [0, 1]" in capsys.readouterr().err
     assert hv(str(scan_dir), "--out", out, "--backgrounds", str(tmp_path / "none")) == 2
     assert "no such folder" in capsys.readouterr().err
     assert not os.path.exists(out)
