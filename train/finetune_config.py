@@ -73,6 +73,11 @@ class PoseLoss(str, Enum):
     ohkm = "ohkm"  # the same over each crop's `ohkm_topk` hardest labelled keypoints (Sapiens 1b, topk 128)
 
 
+class DepthLoss(str, Enum):
+    silog = "silog"  # scale-invariant log loss on min-max normalised depth (Sapiens; `silog_lambda`, `log_offset`)
+    ssi = "ssi"  # shift-and-scale-invariant L1 (MiDaS): only the depth's shape, as relative-depth evaluation scores
+
+
 @dataclass
 class PoseConfig(TopDownAugment):
     """Top-down pose: the crop, target and augmentation settings (`TopDownAugment`), the keypoints and the loss."""
@@ -108,6 +113,9 @@ class DepthConfig:
     # paper's loss, whose log puts most of the weight on the few pixels nearest the camera; 1 weighs the person's
     # pixels about evenly (the demo's short runs; benchmarks/RESULTS.md).
     log_offset: float = 0.0
+    # `ssi`: the MiDaS loss. Depth-only on the validation subjects it gave RMSE 0.1373 against 0.1409 (silog with
+    # offset 1); in the demo's multi-task runs 0.1403 against 0.1391-0.1396 (benchmarks/RESULTS.md).
+    loss: DepthLoss = DepthLoss.silog
     loss_weight: float = 1.0
 
 
@@ -158,6 +166,7 @@ class FinetuneConfig(TrainConfig):
             class_weight=class_weight,
             depth_silog_lambda=self.depth.silog_lambda,
             depth_log_offset=self.depth.log_offset,
+            depth_loss=self.depth.loss.value,
         )
 
     def validate(self) -> None:

@@ -171,6 +171,36 @@ def silog_loss(
     return _safe_divide((per_image * has).sum(), has.sum())
 
 
+def ssi_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Shift-and-scale-invariant L1 (Ranftl et al. 2020, MiDaS), per image then averaged over images.
+
+    pred, target, mask as in `silog_loss`. Each of pred and target is normalised over image b's M_b valid pixels
+    (mask and a finite target) by its (lower) median m and mean absolute deviation d: x_hat = (x - m) / d; then
+        L_b = mean(|pred_hat - target_hat|),   L = mean over images with M_b > 0 of L_b.
+    Only the depth's shape is asked for, not its offset or scale: per-view min-max normalised targets change both
+    with a single outlying pixel (a hand stretched towards the camera), and the relative-depth evaluation aligns
+    them away anyway. Unlike a least-squares alignment, d > 0 keeps the sign: a model that swaps near and far pays.
+    A flat prediction (d = 0) is scored with d clamped at 1e-6, so it pays the target's full spread.
+    """
+    (pred, target), mask = _fp32(_dense_1ch(pred), _dense_1ch(target)), _dense_1ch(mask).bool()
+    if pred.shape[1:] != target.shape[1:]:
+        pred = F.interpolate(pred[:, None], size=target.shape[1:], mode="bilinear", align_corners=False)[:, 0]
+    valid = mask & torch.isfinite(target)
+    count = valid.flatten(1).sum(1)
+    has = (count > 0).to(pred.dtype)
+    n = count.clamp(min=1).to(pred.dtype)
+
+    def normalise(x: torch.Tensor) -> torch.Tensor:
+        flat = torch.where(valid, x, torch.nan).flatten(1)
+        median = flat.nanmedian(1).values.nan_to_num(0.0)[:, None, None]
+        centred = torch.where(valid, x - median, 0.0)
+        spread = (centred.abs().flatten(1).sum(1) / n).clamp(min=1e-6)[:, None, None]
+        return centred / spread
+
+    per_image = torch.where(valid, (normalise(pred) - normalise(target)).abs(), 0.0).flatten(1).sum(1) / n
+    return _safe_divide((per_image * has).sum(), has.sum())
+
+
 def normal_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Surface-normal loss: L1 plus angular (1 - cosine), over valid pixels.
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from train.losses import heatmap_mse, heatmap_ohkm_mse, normal_loss, silog_loss, weighted_ce
+from train.losses import heatmap_mse, heatmap_ohkm_mse, normal_loss, silog_loss, ssi_loss, weighted_ce
 
 RNG = np.random.default_rng(0)
 
@@ -165,6 +165,29 @@ def test_silog_exact_prediction_has_finite_gradient() -> None:
     assert loss.item() < 1e-5 and torch.isfinite(pred.grad).all()
 
 
+def test_ssi_matches_numpy_and_ignores_only_shift_and_positive_scale() -> None:
+    pred = RNG.uniform(0.05, 1.0, (3, 1, 6, 5))
+    target = RNG.uniform(0.0, 1.0, (3, 1, 6, 5))
+    mask = RNG.random((3, 6, 5)) > 0.3
+    mask[2] = False  # an image with no valid pixel does not count
+
+    def normalised(x: np.ndarray) -> np.ndarray:
+        centred = x - np.sort(x)[(len(x) - 1) // 2]  # the lower median, as torch's
+        return centred / np.abs(centred).mean()
+
+    expected = [np.abs(normalised(pred[b, 0][mask[b]]) - normalised(target[b, 0][mask[b]])).mean() for b in (0, 1)]
+    assert ssi_loss(_t(pred), _t(target), _t(mask)).item() == pytest.approx(np.mean(expected), rel=1e-9)
+    t, m = _t(target), _t(mask)
+    assert ssi_loss(3.0 * t + 2.0, t, m).item() == pytest.approx(0.0, abs=1e-9)
+    assert ssi_loss(-t, t, m).item() > 1.0  # near and far swapped: the sign is not forgiven
+    flat = torch.ones_like(t, requires_grad=True)
+    loss = ssi_loss(flat, t, m)
+    loss.backward()
+    assert loss.item() == pytest.approx(1.0, rel=1e-6) and torch.isfinite(flat.grad).all()
+    empty = ssi_loss(flat, t, torch.zeros_like(m))
+    assert empty.item() == 0.0
+
+
 def test_normal_loss_matches_numpy() -> None:
     pred = RNG.normal(size=(2, 3, 5, 4))
     target = RNG.normal(size=(2, 3, 5, 4))
@@ -196,7 +219,7 @@ def test_normal_loss_rejects_wrong_channels() -> None:
 def test_losses_never_read_a_device_value_on_the_host() -> None:
     """On the meta device any host read (`bool(t)`, `float(t)`, `if t == 0`) raises: a stand-in for the GPU
     sync each would force on every step."""
-    from train.losses import heatmap_mse, heatmap_ohkm_mse, normal_loss, silog_loss, weighted_ce
+    from train.losses import heatmap_mse, heatmap_ohkm_mse, normal_loss, silog_loss, ssi_loss, weighted_ce
 
     with torch.device("meta"):
         heat, weight = torch.rand(2, 5, 8, 6), torch.rand(2, 5)
@@ -206,13 +229,14 @@ def test_losses_never_read_a_device_value_on_the_host() -> None:
         assert weighted_ce(logits, classes, torch.rand(4)).shape == ()
         depth, valid = torch.rand(2, 1, 16, 12), torch.rand(2, 16, 12) > 0.5
         assert silog_loss(depth, depth, valid).shape == ()
+        assert ssi_loss(depth, depth, valid).shape == ()
         assert normal_loss(torch.rand(2, 3, 8, 6), torch.rand(2, 3, 16, 12), valid).shape == ()
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_predictions_give_fp32_losses(dtype: torch.dtype) -> None:
     """A bf16 model's heads feed the losses: each is computed in fp32 on the (rounded) predictions."""
-    from train.losses import heatmap_mse, normal_loss, silog_loss, weighted_ce
+    from train.losses import heatmap_mse, normal_loss, silog_loss, ssi_loss, weighted_ce
 
     g = torch.Generator().manual_seed(0)
     heat, target, weight = torch.rand(2, 5, 8, 6, generator=g), torch.rand(2, 5, 8, 6, generator=g), torch.ones(2, 5)
@@ -223,6 +247,7 @@ def test_half_precision_predictions_give_fp32_losses(dtype: torch.dtype) -> None
     assert weighted_ce(logits, classes, None).dtype == torch.float32
     depth, valid = torch.rand(2, 1, 8, 6, generator=g) + 0.5, torch.ones(2, 8, 6, dtype=torch.bool)
     assert silog_loss(depth.to(dtype), depth, valid).dtype == torch.float32
+    assert ssi_loss(depth.to(dtype), depth, valid).dtype == torch.float32
     normals = torch.randn(2, 3, 8, 6, generator=g)
     assert normal_loss(normals.to(dtype), normals / normals.norm(dim=1, keepdim=True), valid).dtype == torch.float32
 
@@ -262,4 +287,6 @@ def test_depth_silog_lambda_and_log_offset_reach_the_training_loss() -> None:
             expected = silog_loss(pred, batch["depth"], batch["depth_mask"], lam=lam, offset=offset)
             assert losses[lam, offset].item() == pytest.approx(expected.item(), rel=1e-6)
         assert losses[1.0, 0.0] < losses[0.5, 0.0]
+        ssi, _ = task_losses(model, batch, load_finetune_config(path, ["data.shards=x", "depth.loss=ssi"]), None)
+        assert ssi.item() == pytest.approx(ssi_loss(pred, batch["depth"], batch["depth_mask"]).item(), rel=1e-6)
         assert losses[0.5, 1.0] != pytest.approx(losses[0.5, 0.0].item(), rel=1e-3)

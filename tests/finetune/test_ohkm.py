@@ -130,6 +130,8 @@ def test_ohkm_topk_outside_the_keypoint_set_fails_at_start_up(overrides, message
     for bad in ("-1", "inf", "nan"):
         with pytest.raises(ConfigError, match=r"pose\.foreground_weight must be a finite number >= 0"):
             _config(f"pose.foreground_weight={bad}")
+    with pytest.raises(ConfigError, match=r"depth\.loss"):
+        _config("depth.loss=l2")
     for bad in ("-0.5", "1.5", "nan"):
         with pytest.raises(ConfigError, match=r"depth\.silog_lambda must be in \[0, 1\]"):
             _config(f"depth.silog_lambda={bad}")

@@ -57,6 +57,7 @@ class LossInputs:
     class_weight: torch.Tensor | None = None  # seg: per-class cross-entropy weights
     depth_silog_lambda: float = 0.5  # the SiLog loss's lambda (1: blind to each image's depth scale)
     depth_log_offset: float = 0.0  # added to target and prediction before the SiLog loss's log (0: the paper's)
+    depth_loss: str = "silog"  # "silog" (the paper's) or "ssi" (shift-and-scale-invariant L1, MiDaS)
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,10 @@ def _seg_loss(pred: torch.Tensor, batch: dict[str, torch.Tensor], inputs: LossIn
 
 
 def _depth_loss(pred: torch.Tensor, batch: dict[str, torch.Tensor], inputs: LossInputs) -> torch.Tensor:
-    from train.losses import silog_loss
+    from train.losses import silog_loss, ssi_loss
 
+    if inputs.depth_loss == "ssi":
+        return ssi_loss(pred, batch["depth"], batch["depth_mask"])
     return silog_loss(
         pred, batch["depth"], batch["depth_mask"], lam=inputs.depth_silog_lambda, offset=inputs.depth_log_offset
     )
