@@ -13,8 +13,8 @@ Labels:
 - keypoints: anny's COCO regressor (COCO-17 + 6 foot points, the first 23 Goliath names) plus the
   finger joints from the hand rig (bone heads; fingertips are the farthest vertex along the last bone).
 - hair (with probability `hair_prob`) is painted on the scalp, not modelled: the crown above a hairline and the
-  back of the head down to a random length, labelled Hair. It gives a picture's front (face) and back (hair)
-  apart, as on real people; without it a uniformly clothed body looks the same from both sides.
+  back of the head down to a random length, labelled Hair. Without it a uniformly clothed body's front and
+  back differ only in the shape of the face and the feet.
 Not modelled: teeth and lips have no geometry or mask in anny, so those classes never appear.
 
 The model caches under ANNY_CACHE_DIR (default ~/.cache/anny) and its skinning kernels under
@@ -164,9 +164,9 @@ class BodyModel:
         return height, centres[:, 1] > ears_y
 
     def _hair_faces(self, length: float) -> np.ndarray:
-        """Faces under hair `length` m long at the back (below the eyes' height): the crown and temples above a
-        hairline over the forehead, and behind the ears down to that length. A face, not a hairstyle: a
-        picture's front shows skin and its back hair, as on most people."""
+        """Mesh faces under hair `length` m long at the back (below the eyes' height): the crown and temples above
+        a hairline over the forehead, and behind the ears down to that length. Paint, not a hairstyle's
+        geometry: the front of the head shows skin and its back hair, as on most people."""
         with np.errstate(invalid="ignore"):  # nan heights: not on the head
             crown = self.scalp_height > _HAIRLINE_M
             back = self.behind_ears & (self.scalp_height > -length)
