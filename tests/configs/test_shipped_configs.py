@@ -135,6 +135,19 @@ def test_finetune_config_trains_as_shipped(path: str, people: str, tmp_path: Pat
 
 
 @pytest.mark.slow
+def test_depth_loss_option_trains_as_a_user_sets_it(people: str, tmp_path: Path) -> None:
+    """`depth.loss=ssi` (README) on the shipped tiny depth config, in bf16: the MiDaS loss gives finite losses and
+    is what the run's saved config says it trained with."""
+    path = os.path.join(ROOT, "configs", "finetune", "depth_tiny.yaml")
+    run = str(tmp_path / "run")
+    overrides = ["model.arch=tiny", *FINETUNE_SIZE, "depth.loss=ssi", "precision=bf16"]
+    assert train("finetune", path, run, people, *overrides) == 0
+    rows = metrics_of(run)
+    assert rows[-1]["step"] == 2 and all(np.isfinite(r["loss_depth"]) and r["loss_depth"] > 0 for r in rows)
+    assert OmegaConf.load(os.path.join(run, "config.yaml")).depth.loss == "ssi"
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("path", JSONS, ids=rel)
 def test_deepspeed_json_trains(path: str, people: str, tmp_path: Path) -> None:
     """Each DeepSpeed JSON under the tiny multi-task fine-tuning, at the ZeRO stage the file names."""
