@@ -145,8 +145,7 @@ def silog_loss(
         L = mean over images with M_b > 0 of L_b     (0 when no image has a valid pixel)
     lam = 1 makes L_b the standard deviation of delta: with offset 0, blind to a global scale of pred, as an
     evaluation that aligns each prediction's scale is (with an offset no lam is scale-blind); lam < 1 also asks
-    for the scale. The variance term is clamped at 1e-12
-    before the square root, whose gradient is infinite at 0.
+    for the scale. The variance term is clamped at 1e-12 before the square root, whose gradient is infinite at 0.
     offset 0 is the paper's loss. On min-max normalised targets the log then grows without bound towards the
     person's nearest point (a target of 0.002 weighs as much as the rest of the body), so a few pixels a model
     cannot place to the millimetre dominate the loss; an offset of 1 takes the log of depths in [1, 2], where
