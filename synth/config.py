@@ -32,7 +32,10 @@ class CameraConfig:
     focal_mm: list[float] = field(default_factory=lambda: [28.0, 85.0])  # 35 mm-equivalent focal length range
     fill: list[float] = field(default_factory=lambda: [0.55, 0.9])  # fraction of the image the person spans
     elevation_deg: list[float] = field(default_factory=lambda: [-10.0, 35.0])
-    azimuth_deg: list[float] = field(default_factory=lambda: [0.0, 360.0])  # 0 = in front of the person
+    # 0 = in front of the person. The front half only, as in most photos of people: with cameras all round, front
+    # and back views are equally likely and a model hedges left against right (benchmarks/RESULTS.md). Back views
+    # come from the turned_away and lying pose families; [0, 360] gives cameras all round.
+    azimuth_deg: list[float] = field(default_factory=lambda: [-90.0, 90.0])
     roll_deg: list[float] = field(default_factory=lambda: [-5.0, 5.0])
     target_jitter: float = 0.08  # look-at offset, as a fraction of the person's height
     znear: float = 0.05

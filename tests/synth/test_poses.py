@@ -163,6 +163,25 @@ def test_views_of_lying_and_turned_away_bodies_have_valid_labels(tmp_path, famil
             assert kp[nose, 2] == 1  # in the picture, hidden behind the head
 
 
+@pytest.mark.slow
+def test_default_cameras_see_a_facing_body_from_the_front(tmp_path):
+    """The default camera stands in the body's front half, as in most photos of people: a standing body's left
+    shoulder is on the image's right whenever the camera is within 60 degrees of straight ahead. With cameras all
+    round, front and back views were equally likely and the models put left and right on the same limb."""
+    out = tmp_path / "o"
+    argv = ["--bodies", "3", "--views", "4", "--size", "128x96", "--out", str(out), "inline=true"]
+    assert hv(*argv, "bodies.families=[standing]") == 0
+    index = schema.keypoint_index()
+    got = list(iter_samples(str(out / "shards"), policy="raise"))
+    azimuths = [s.meta["synth"]["view_params"]["camera"]["azimuth_deg"] for s in got]
+    assert len(got) == 12 and all(-90.0 <= a <= 90.0 for a in azimuths), azimuths
+    ahead = [s for s, a in zip(got, azimuths, strict=True) if abs(a) < 60.0]
+    assert len(ahead) >= 4, azimuths
+    for s in ahead:
+        kp = s.pose.persons[0].keypoints
+        assert kp[index["left_shoulder"], 0] > kp[index["right_shoulder"], 0], s.meta["synth"]["view_params"]["camera"]
+
+
 def test_bad_pose_settings_fail_at_start_up(tmp_path, capsys):
     out = str(tmp_path / "o")
     assert hv("--bodies", "1", "--out", out, "bodies.families=[dancing]") == 2
