@@ -116,6 +116,11 @@ class DepthConfig:
     # `ssi`: the MiDaS loss. Depth-only on the validation subjects it gave RMSE 0.1373 against 0.1409 (silog with
     # offset 1); in the demo's multi-task runs 0.1403 against 0.1391-0.1396 (benchmarks/RESULTS.md).
     loss: DepthLoss = DepthLoss.silog
+    # MiDaS's multi-scale gradient matching term (`train.losses.gradient_matching_loss`), added to either loss with
+    # this weight (0: off; MiDaS uses 0.5 with ssi): it asks for the local depth steps where a limb passes in front
+    # of the body, not only the tilted plane that most of a view's depth spread is. In the demo's multi-task runs
+    # on the validation subjects, ssi with 0.5 gave RMSE 0.1488 against 0.1506 without (benchmarks/RESULTS.md).
+    grad_weight: float = 0.0
     loss_weight: float = 1.0
 
 
@@ -167,6 +172,7 @@ class FinetuneConfig(TrainConfig):
             depth_silog_lambda=self.depth.silog_lambda,
             depth_log_offset=self.depth.log_offset,
             depth_loss=self.depth.loss.value,
+            depth_grad_weight=self.depth.grad_weight,
         )
 
     def validate(self) -> None:
@@ -196,6 +202,9 @@ class FinetuneConfig(TrainConfig):
         if not (math.isfinite(self.depth.log_offset) and self.depth.log_offset >= 0):
             offset = self.depth.log_offset
             raise ConfigError(f"depth.log_offset must be a finite number >= 0 (0: Sapiens), got {offset}")
+        if not (math.isfinite(self.depth.grad_weight) and self.depth.grad_weight >= 0):
+            weight = self.depth.grad_weight
+            raise ConfigError(f"depth.grad_weight must be a finite number >= 0 (0: off), got {weight}")
         for name, pair in (
             ("pose.scale_range", self.pose.scale_range),
             ("augment.scale_range", self.augment.scale_range),

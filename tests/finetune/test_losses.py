@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from train.losses import heatmap_mse, heatmap_ohkm_mse, normal_loss, silog_loss, ssi_loss, weighted_ce
+from train.losses import (
+    gradient_matching_loss,
+    heatmap_mse,
+    heatmap_ohkm_mse,
+    normal_loss,
+    silog_loss,
+    ssi_loss,
+    weighted_ce,
+)
 
 RNG = np.random.default_rng(0)
 
@@ -188,6 +196,53 @@ def test_ssi_matches_numpy_and_ignores_only_shift_and_positive_scale() -> None:
     assert empty.item() == 0.0
 
 
+def test_gradient_matching_matches_numpy_and_forgives_only_shift_and_positive_scale() -> None:
+    pred = RNG.uniform(0.05, 1.0, (3, 1, 9, 7))
+    target = RNG.uniform(0.0, 1.0, (3, 1, 9, 7))
+    mask = RNG.random((3, 9, 7)) > 0.25
+    mask[2] = False  # an image with no valid pixel does not count
+
+    def normalised(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        values = x[valid]
+        centred = values - np.sort(values)[(len(values) - 1) // 2]  # the lower median, as torch's
+        out = np.zeros_like(x)
+        out[valid] = centred / np.abs(centred).mean()
+        return out
+
+    def reference(b: int) -> float:
+        r = normalised(pred[b, 0], mask[b]) - normalised(target[b, 0], mask[b])
+        total = 0.0
+        for k in range(4):
+            rk, vk = r[:: 2**k, :: 2**k], mask[b][:: 2**k, :: 2**k]
+            steps = 0.0
+            for i in range(rk.shape[0]):
+                for j in range(rk.shape[1]):
+                    if j + 1 < rk.shape[1] and vk[i, j] and vk[i, j + 1]:
+                        steps += abs(rk[i, j + 1] - rk[i, j])
+                    if i + 1 < rk.shape[0] and vk[i, j] and vk[i + 1, j]:
+                        steps += abs(rk[i + 1, j] - rk[i, j])
+            total += steps / max(vk.sum(), 1)
+        return total
+
+    got = gradient_matching_loss(_t(pred), _t(target), _t(mask)).item()
+    assert got == pytest.approx(np.mean([reference(0), reference(1)]), rel=1e-9)
+    t, m = _t(target), _t(mask)
+    assert gradient_matching_loss(3.0 * t + 2.0, t, m).item() == pytest.approx(0.0, abs=1e-9)
+    assert gradient_matching_loss(-t, t, m).item() > 1.0  # near and far swapped
+    # The L1 term cannot tell a smooth error from a rough one of the same size; this term charges the rough one.
+    rows = torch.arange(9, dtype=torch.float64)[:, None].expand(9, 7)
+    smooth = gradient_matching_loss(t + 0.3 * rows / 8, t, m).item()
+    rough = gradient_matching_loss(t + 0.3 * (rows % 2), t, m).item()
+    assert 0 < smooth < rough
+    flat = torch.ones_like(t, requires_grad=True)
+    loss = gradient_matching_loss(flat, t, m)
+    loss.backward()
+    assert loss.item() > 0 and torch.isfinite(flat.grad).all()
+    assert gradient_matching_loss(flat, t, torch.zeros_like(m)).item() == 0.0
+    with pytest.raises(ValueError, match="scales must be >= 1"):
+        gradient_matching_loss(t, t, m, scales=0)
+
+
 def test_normal_loss_matches_numpy() -> None:
     pred = RNG.normal(size=(2, 3, 5, 4))
     target = RNG.normal(size=(2, 3, 5, 4))
@@ -219,8 +274,6 @@ def test_normal_loss_rejects_wrong_channels() -> None:
 def test_losses_never_read_a_device_value_on_the_host() -> None:
     """On the meta device any host read (`bool(t)`, `float(t)`, `if t == 0`) raises: a stand-in for the GPU
     sync each would force on every step."""
-    from train.losses import heatmap_mse, heatmap_ohkm_mse, normal_loss, silog_loss, ssi_loss, weighted_ce
-
     with torch.device("meta"):
         heat, weight = torch.rand(2, 5, 8, 6), torch.rand(2, 5)
         assert heatmap_mse(heat, heat, weight).shape == ()
@@ -230,14 +283,13 @@ def test_losses_never_read_a_device_value_on_the_host() -> None:
         depth, valid = torch.rand(2, 1, 16, 12), torch.rand(2, 16, 12) > 0.5
         assert silog_loss(depth, depth, valid).shape == ()
         assert ssi_loss(depth, depth, valid).shape == ()
+        assert gradient_matching_loss(depth, depth, valid).shape == ()
         assert normal_loss(torch.rand(2, 3, 8, 6), torch.rand(2, 3, 16, 12), valid).shape == ()
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_predictions_give_fp32_losses(dtype: torch.dtype) -> None:
     """A bf16 model's heads feed the losses: each is computed in fp32 on the (rounded) predictions."""
-    from train.losses import heatmap_mse, normal_loss, silog_loss, ssi_loss, weighted_ce
-
     g = torch.Generator().manual_seed(0)
     heat, target, weight = torch.rand(2, 5, 8, 6, generator=g), torch.rand(2, 5, 8, 6, generator=g), torch.ones(2, 5)
     low = heat.to(dtype)
@@ -248,6 +300,7 @@ def test_half_precision_predictions_give_fp32_losses(dtype: torch.dtype) -> None
     depth, valid = torch.rand(2, 1, 8, 6, generator=g) + 0.5, torch.ones(2, 8, 6, dtype=torch.bool)
     assert silog_loss(depth.to(dtype), depth, valid).dtype == torch.float32
     assert ssi_loss(depth.to(dtype), depth, valid).dtype == torch.float32
+    assert gradient_matching_loss(depth.to(dtype), depth, valid).dtype == torch.float32
     normals = torch.randn(2, 3, 8, 6, generator=g)
     assert normal_loss(normals.to(dtype), normals / normals.norm(dim=1, keepdim=True), valid).dtype == torch.float32
 
@@ -289,4 +342,8 @@ def test_depth_silog_lambda_and_log_offset_reach_the_training_loss() -> None:
         assert losses[1.0, 0.0] < losses[0.5, 0.0]
         ssi, _ = task_losses(model, batch, load_finetune_config(path, ["data.shards=x", "depth.loss=ssi"]), None)
         assert ssi.item() == pytest.approx(ssi_loss(pred, batch["depth"], batch["depth_mask"]).item(), rel=1e-6)
+        overrides = ["data.shards=x", "depth.loss=ssi", "depth.grad_weight=0.5"]
+        both, _ = task_losses(model, batch, load_finetune_config(path, overrides), None)
+        matching = gradient_matching_loss(pred, batch["depth"], batch["depth_mask"])
+        assert both.item() == pytest.approx(ssi.item() + 0.5 * matching.item(), rel=1e-6) and matching.item() > 0
         assert losses[0.5, 1.0] != pytest.approx(losses[0.5, 0.0].item(), rel=1e-3)

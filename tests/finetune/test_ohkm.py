@@ -138,6 +138,8 @@ def test_ohkm_topk_outside_the_keypoint_set_fails_at_start_up(overrides, message
     for bad in ("-1", "inf", "nan"):
         with pytest.raises(ConfigError, match=r"depth\.log_offset must be a finite number >= 0"):
             _config(f"depth.log_offset={bad}")
+        with pytest.raises(ConfigError, match=r"depth\.grad_weight must be a finite number >= 0"):
+            _config(f"depth.grad_weight={bad}")
 
 
 def test_sapiens_1b_config_uses_ohkm_top128_and_the_others_mse() -> None:

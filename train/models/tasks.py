@@ -58,6 +58,7 @@ class LossInputs:
     depth_silog_lambda: float = 0.5  # the SiLog loss's lambda (1: blind to each image's depth scale)
     depth_log_offset: float = 0.0  # added to target and prediction before the SiLog loss's log (0: the paper's)
     depth_loss: str = "silog"  # "silog" (the paper's) or "ssi" (shift-and-scale-invariant L1, MiDaS)
+    depth_grad_weight: float = 0.0  # weight of MiDaS's gradient matching term added to the depth loss (0: off)
 
 
 @dataclass(frozen=True)
@@ -100,13 +101,16 @@ def _seg_loss(pred: torch.Tensor, batch: dict[str, torch.Tensor], inputs: LossIn
 
 
 def _depth_loss(pred: torch.Tensor, batch: dict[str, torch.Tensor], inputs: LossInputs) -> torch.Tensor:
-    from train.losses import silog_loss, ssi_loss
+    from train.losses import gradient_matching_loss, silog_loss, ssi_loss
 
+    target, mask = batch["depth"], batch["depth_mask"]
     if inputs.depth_loss == "ssi":
-        return ssi_loss(pred, batch["depth"], batch["depth_mask"])
-    return silog_loss(
-        pred, batch["depth"], batch["depth_mask"], lam=inputs.depth_silog_lambda, offset=inputs.depth_log_offset
-    )
+        loss = ssi_loss(pred, target, mask)
+    else:
+        loss = silog_loss(pred, target, mask, lam=inputs.depth_silog_lambda, offset=inputs.depth_log_offset)
+    if inputs.depth_grad_weight:
+        loss = loss + inputs.depth_grad_weight * gradient_matching_loss(pred, target, mask)
+    return loss
 
 
 def _normal_loss(pred: torch.Tensor, batch: dict[str, torch.Tensor], inputs: LossInputs) -> torch.Tensor:
