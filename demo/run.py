@@ -67,6 +67,11 @@ class DemoSettings:
     # most of its weight on the few pixels nearest the camera, and the depth loss hardly fell in 1,000 steps. With
     # 1 the validation subjects' depth RMSE went from 0.1439 to 0.1409 (benchmarks/RESULTS.md).
     depth_log_offset: float = 1.0
+    # MiDaS's gradient matching term on top of the SiLog loss (`depth.grad_weight`): a plane through the person
+    # (the camera looks down) is most of a view's depth spread, and without it every loss and head tried stopped
+    # there, at RMSE 0.1506-0.1530 on the validation subjects (the ramp: 0.1493). With it 0.1488-0.1490 (weights
+    # 0.5 and 2, with SiLog or ssi), pose and seg unchanged (benchmarks/RESULTS.md).
+    depth_grad_weight: float = 0.5
     # Fine-tuning steps where the CPU lacks bf16 instructions: fp32 steps cost about 1.3x, so fewer of them keep
     # the demo inside its budget. None: `finetune_steps` either way.
     fp32_finetune_steps: int | None = None
@@ -95,6 +100,7 @@ class DemoSettings:
             f"pose.foreground_weight={self.pose_foreground_weight}",
             f"pose.loss_weight={self.pose_loss_weight}",
             f"depth.log_offset={self.depth_log_offset}",
+            f"depth.grad_weight={self.depth_grad_weight}",
             *self.pose_augment,
             f"optim.schedule={self.schedule}",
             f"optim.warmup_steps={min(self.finetune_warmup, self.finetune_steps)}",

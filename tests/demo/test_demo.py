@@ -100,6 +100,7 @@ def test_every_stage_left_its_outputs(demo_run) -> None:
         assert config["precision"] == settings["precision"]
         assert config["pose"]["loss_weight"] == settings["pose_loss_weight"] > 1
         assert config["depth"]["log_offset"] == settings["depth_log_offset"] > 0
+        assert config["depth"]["grad_weight"] == settings["depth_grad_weight"] > 0
         assert (
             config["model"]["head_options"]["pose"]["width"]
             == settings["pose_head_width"]
