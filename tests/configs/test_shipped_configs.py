@@ -136,15 +136,16 @@ def test_finetune_config_trains_as_shipped(path: str, people: str, tmp_path: Pat
 
 @pytest.mark.slow
 def test_depth_loss_option_trains_as_a_user_sets_it(people: str, tmp_path: Path) -> None:
-    """`depth.loss=ssi` (README) on the shipped tiny depth config, in bf16: the MiDaS loss gives finite losses and
-    is what the run's saved config says it trained with."""
+    """`depth.loss=ssi depth.grad_weight=0.5` (README: MiDaS's loss, both terms) on the shipped tiny depth config,
+    in bf16: finite losses, and the run's saved config says what it trained with."""
     path = os.path.join(ROOT, "configs", "finetune", "depth_tiny.yaml")
     run = str(tmp_path / "run")
-    overrides = ["model.arch=tiny", *FINETUNE_SIZE, "depth.loss=ssi", "precision=bf16"]
+    overrides = ["model.arch=tiny", *FINETUNE_SIZE, "depth.loss=ssi", "depth.grad_weight=0.5", "precision=bf16"]
     assert train("finetune", path, run, people, *overrides) == 0
     rows = metrics_of(run)
     assert rows[-1]["step"] == 2 and all(np.isfinite(r["loss_depth"]) and r["loss_depth"] > 0 for r in rows)
-    assert OmegaConf.load(os.path.join(run, "config.yaml")).depth.loss == "ssi"
+    depth = OmegaConf.load(os.path.join(run, "config.yaml")).depth
+    assert (depth.loss, depth.grad_weight) == ("ssi", 0.5)
 
 
 @pytest.mark.slow
